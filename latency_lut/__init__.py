@@ -1,0 +1,1 @@
+"""latency_lut package (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""supernet package (see DESIGN.md)."""
