@@ -13,6 +13,7 @@ from search_spaces import (
     PAPER_FIGURES,
     PRESETS,
     InvalidInputError,
+    NasError,
     dump_yaml,
     get_space,
     list_spaces,
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_commands.add_parser("summary", help="params, MACs and parts of a config file or preset")
     p.add_argument("config", metavar="FILE_OR_PRESET")
     p.set_defaults(handler=cmd_model_summary)
+
+    from nas import train_commands
+
+    train_commands.register(commands)
     return parser
 
 
@@ -155,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except InvalidInputError as error:
+    except NasError as error:
         print(f"nas: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,56 @@
+"""``nas train-supernet`` and ``nas eval-subnet``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from search_spaces import resolve_config
+
+
+def cmd_train_supernet(args: argparse.Namespace) -> None:
+    from supernet.recipe import load_recipe
+    from supernet.train import train_supernet
+
+    recipe = load_recipe(args.recipe)
+    if args.epochs is not None and args.epochs < 1:
+        from search_spaces import InvalidInputError
+        raise InvalidInputError(f"--epochs {args.epochs}: expected a positive number of epochs")
+    result = train_supernet(recipe, Path(args.out), resume=args.resume, epochs=args.epochs,
+                            data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    if result.metrics:
+        last = result.metrics[-1]
+        summary = ", ".join(f"{k} {v}" for k, v in last.items() if k.startswith("val_top1"))
+        print(f"trained {result.global_step} steps in {result.seconds:.0f} s; {summary}")
+    print(f"supernet: {result.run_dir}")
+
+
+def cmd_eval_subnet(args: argparse.Namespace) -> None:
+    from supernet.train import evaluate_config
+
+    config = resolve_config(args.config)
+    evaluation = evaluate_config(Path(args.supernet), config, split=args.split, data_dir=args.data_dir,
+                                 bn_batches=args.bn_batches, images=args.images)
+    print(f"{config.key}  split {args.split}  top-1 {evaluation.top1:.2f}%  loss {evaluation.loss:.4f}  "
+          f"({evaluation.images} images, BatchNorm recalibrated)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train-supernet", help="train a weight-sharing supernet (sandwich rule)")
+    p.add_argument("--recipe", required=True, help="a recipe YAML, or the name of a shipped one "
+                   "(fashion-mnist-tiny, imagenet)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoint, logs)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--data-dir", help="data folder (default: the recipe's, then Debian's Fashion-MNIST)")
+    p.add_argument("--download", action="store_true", help="download the data set into --data-dir if absent")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_train_supernet)
+
+    p = commands.add_parser("eval-subnet", help="top-1 of a config from a trained supernet")
+    p.add_argument("--supernet", required=True, metavar="RUN_DIR")
+    p.add_argument("config", metavar="CONFIG_OR_PRESET")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--data-dir")
+    p.add_argument("--bn-batches", type=int, help="batches for BatchNorm recalibration (default: recipe's)")
+    p.add_argument("--images", type=int, help="evaluate on the first N images of the split")
+    p.set_defaults(handler=cmd_eval_subnet)

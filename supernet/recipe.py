@@ -1,0 +1,161 @@
+"""Training recipes: every setting of a supernet (or subnet) training run, from one YAML file.
+
+Unknown keys and wrong types are refused with a message naming the key, the value
+and what was expected. The recipes shipped with the project live in
+``experiments/recipes/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from search_spaces import InvalidInputError, get_space
+from search_spaces.config import dump_yaml
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet-folder")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "recipes"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings of a training run (SPEC section 6 for the paper's values)."""
+
+    # what is trained, on what
+    space: str = "efficientformerv2-tiny"
+    dataset: str = "fashion-mnist"
+    data_dir: Optional[str] = None
+    val_split: int = 5000  # training images held out (seeded) for the search's validation split
+    split_seed: int = 0
+    max_train_images: Optional[int] = None  # use only the first N training images (quick runs, tests)
+    num_workers: int = 0
+    # schedule and optimiser
+    epochs: int = 300
+    batch_size: int = 128  # per process
+    base_lr: float = 1e-3  # scaled by global batch / 1024
+    min_lr: float = 1e-5
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.025
+    opt: str = "adamw"
+    clip_grad: Optional[float] = 0.01
+    clip_mode: str = "norm"
+    # augmentation and regularisation (timm's pieces)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = 0.5
+    auto_augment: Optional[str] = "rand-m9-mstd0.5"
+    color_jitter: float = 0.4
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    drop_path: float = 0.0
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.95
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # sandwich rule
+    num_random: int = 2  # random subnets per step besides the largest and the smallest
+    inplace_distill: bool = True
+    # evaluation, checkpoints, runtime
+    bn_batches: int = 20  # batches used to recalibrate BatchNorm before evaluating a subnet
+    eval_images: Optional[int] = None  # evaluate on the first N images of a split (None: all)
+    checkpoint_every_steps: int = 200
+    seed: int = 0
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    threads: Optional[int] = None  # torch CPU threads per process (None: torch's default)
+
+    def __post_init__(self) -> None:
+        get_space(self.space)
+        if self.dataset not in DATASETS:
+            raise InvalidInputError(f"recipe: dataset {self.dataset!r} is unknown; expected one of "
+                                    f"{', '.join(DATASETS)}")
+        for name in ("epochs", "batch_size", "checkpoint_every_steps", "bn_batches"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected a positive integer")
+        for name in ("val_split", "num_workers", "num_random"):
+            if getattr(self, name) < 0:
+                raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected 0 or more")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise InvalidInputError(f"recipe: crop_scale = {list(self.crop_scale)}; expected 0 < low <= high <= 1")
+        if self.base_lr <= 0:
+            raise InvalidInputError(f"recipe: base_lr = {self.base_lr}; expected a positive learning rate")
+
+    def lr(self, world_size: int = 1) -> float:
+        """The peak learning rate: base_lr x global batch / 1024 (the paper's scaling)."""
+        return self.base_lr * self.batch_size * world_size / 1024
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; expected keys "
+                                    f"among {', '.join(sorted(known))}")
+        values = {name: _coerce(value, hints[name], f"{source}: {name}") for name, value in data.items()}
+        try:
+            return cls(**values)
+        except InvalidInputError as error:
+            raise InvalidInputError(str(error).replace("recipe:", f"{source}:", 1)) from None
+
+
+def _coerce(value: Any, hint: Any, what: str) -> Any:
+    """``value`` checked against (and converted to) the annotated type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), what)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise InvalidInputError(f"{what} = {value!r}; expected a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, what) for v, a in zip(value, args))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInputError(f"{what} = {value!r}; expected a number")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInputError(f"{what} = {value!r}; expected an integer")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise InvalidInputError(f"{what} = {value!r}; expected true or false")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{what} = {value!r}; expected a string")
+        return value
+    raise TypeError(f"unsupported recipe field type {hint!r}")
+
+
+def load_recipe(path: Union[str, Path]) -> Recipe:
+    """A recipe from a YAML file; a bare name (``fashion-mnist-tiny``) means a shipped recipe."""
+    path = Path(path)
+    if not path.is_file() and not path.suffix and (RECIPES_DIR / f"{path}.yaml").is_file():
+        path = RECIPES_DIR / f"{path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+        raise InvalidInputError(f"recipe {str(path)!r} does not exist (shipped recipes: {shipped})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InvalidInputError(f"{path}: malformed YAML: {error}".replace("\n", " ")) from None
+    return Recipe.from_dict(data or {}, source=str(path))

@@ -1,0 +1,425 @@
+"""Training: the sandwich step and the resumable (optionally distributed) training loop.
+
+One process: ``nas train-supernet --recipe R --out DIR``. Several processes or
+machines: the same command under ``torchrun``; every rank trains the same sampled
+configs each step (one seeded config sampler per rank, stepped in lockstep), data is
+sharded by :class:`ResumableSampler`, rank 0 logs and checkpoints.
+
+A run folder holds ``checkpoint.pt`` (atomic; written every
+``checkpoint_every_steps`` steps and every epoch), ``recipe.yaml``,
+``environment.json``, ``metrics.jsonl`` (one line per epoch) and ``steps.jsonl``
+(one line per optimizer step).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
+from search_spaces.io import atomic_path, atomic_write_text
+from supernet.data import ResumableSampler, Splits
+from supernet.evaluate import evaluate, evaluate_subnet
+from supernet.recipe import Recipe
+from supernet.supernet import Supernet
+
+from search_spaces._torchvision_fix import ensure_torchvision
+
+ensure_torchvision()
+from timm.data import Mixup  # noqa: E402
+from timm.data.mixup import mixup_target  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+from timm.scheduler import create_scheduler_v2  # noqa: E402
+from timm.utils import dispatch_clip_grad  # noqa: E402
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(NasError):
+    """The loss became NaN or infinite."""
+
+
+# -- the sandwich step ---------------------------------------------------------------------------
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-target_probs * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def sandwich_configs(space: SearchSpace, rng: random.Random, num_random: int) -> list[SubnetConfig]:
+    """The sandwich rule: the largest, the smallest and ``num_random`` random configs."""
+    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(num_random)]
+
+
+def sandwich_step(model: nn.Module, configs: list[SubnetConfig], images: torch.Tensor, targets: torch.Tensor,
+                  inplace_distill: bool, autocast: Callable) -> dict[str, float]:
+    """Forward and backward every config of one sandwich; gradients add up in ``.grad``.
+
+    The largest config (first) learns from the (mixed, smoothed) targets; with
+    in-place distillation the others learn from its detached soft predictions.
+    Returns the loss of each role. The caller clips and steps the optimizer once.
+    """
+    losses: dict[str, float] = {}
+    teacher = None
+    for position, config in enumerate(configs):
+        with autocast():
+            logits = model(images, config)
+        target = targets if teacher is None or not inplace_distill else teacher
+        loss = soft_cross_entropy(logits, target)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss of config {config.key} became {loss.item()}; lower base_lr "
+                                   f"or raise clip_grad in the recipe and resume from the last checkpoint")
+        loss.backward()
+        if position == 0:
+            teacher = logits.detach().float().softmax(dim=-1)
+        role = "largest" if position == 0 else "smallest" if position == 1 else "random"
+        losses[role] = losses.get(role, 0.0) + loss.item() / (1 if role != "random" else len(configs) - 2)
+    return losses
+
+
+# -- distributed context -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def start_runtime(threads: Optional[int]) -> Runtime:
+    """Join the torchrun process group if there is one (NCCL on GPU, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    elif world_size > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world_size, device)
+
+
+def stop_runtime(runtime: Runtime) -> None:
+    if runtime.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, kind: str = "supernet") -> dict[str, Any]:
+    if not path.is_file():
+        raise InvalidInputError(f"no checkpoint at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, corrupted or not a torch file
+        raise InvalidInputError(f"checkpoint {str(path)!r} is corrupted or not a checkpoint of this project "
+                                f"({type(error).__name__}: {str(error)[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("kind") != kind:
+        raise InvalidInputError(f"{str(path)!r} is not a {kind} checkpoint of this project (format "
+                                f"{CHECKPOINT_FORMAT})")
+    return payload
+
+
+def _rng_state(sampler_rng: random.Random) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "configs": sampler_rng.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any], sampler_rng: random.Random) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    sampler_rng.setstate(state["configs"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def environment(runtime: Runtime) -> dict[str, Any]:
+    import timm
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "timm": timm.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "world_size": runtime.world_size, "device": str(runtime.device), "argv": sys.argv,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if runtime.device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(runtime.device)
+    return info
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Drop the log lines of work done after the checkpoint (it will be done again)."""
+    if path.exists():
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line torn by a kill
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+
+
+# -- the training loop ---------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs: int
+    global_step: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _prepare_run_dir(out: Path, resume: bool) -> Optional[dict[str, Any]]:
+    checkpoint = out / CHECKPOINT
+    if resume:
+        if not checkpoint.exists():
+            raise InvalidInputError(f"--resume: {str(out)!r} holds no checkpoint to resume")
+        return load_checkpoint(checkpoint)
+    if checkpoint.exists():
+        raise InvalidInputError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
+                                f"another --out")
+    return None
+
+
+def train_supernet(recipe: Recipe, out: Path, resume: bool = False, epochs: Optional[int] = None,
+                   data_dir: Optional[str] = None, download: bool = False, progress: bool = True,
+                   stop_after_steps: Optional[int] = None) -> TrainResult:
+    """Train (or resume training) the supernet of ``recipe.space`` into run folder ``out``.
+
+    ``stop_after_steps`` ends the call after that many optimizer steps of this call
+    (the run stays resumable): for tests and time-boxed work.
+    """
+    out = Path(out)
+    runtime = start_runtime(recipe.threads)
+    try:
+        return _train(recipe, out, resume, epochs, data_dir, download, progress, stop_after_steps, runtime)
+    finally:
+        stop_runtime(runtime)
+
+
+def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_dir: Optional[str],
+           download: bool, progress: bool, stop_after_steps: Optional[int], runtime: Runtime) -> TrainResult:
+    started = time.perf_counter()
+    checkpoint = _prepare_run_dir(out, resume)
+    if checkpoint is not None:
+        if checkpoint["space"] != get_space(recipe.space).name:
+            raise InvalidInputError(f"the checkpoint in {str(out)!r} is a supernet of space "
+                                    f"{checkpoint['space']!r}; the recipe asks for {recipe.space!r}")
+        recipe = Recipe.from_dict(checkpoint["recipe"], source=f"{out / CHECKPOINT} recipe")
+    if epochs is not None:
+        recipe = recipe.replace(epochs=epochs)
+    space = get_space(recipe.space)
+    torch.manual_seed(recipe.seed + runtime.rank)
+    random.seed(recipe.seed + runtime.rank)
+    np.random.seed(recipe.seed + runtime.rank)
+    config_rng = random.Random(recipe.seed)  # identical on every rank: same configs each step
+
+    splits = Splits(recipe, space.resolution, data_dir=data_dir, download=download)
+    train_set = splits.dataset("train")
+    sampler = ResumableSampler(len(train_set), recipe.seed, recipe.batch_size, runtime.rank, runtime.world_size)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size, sampler=sampler,
+                                         num_workers=recipe.num_workers, drop_last=True,
+                                         pin_memory=runtime.device.type == "cuda",
+                                         persistent_workers=recipe.num_workers > 0)
+    num_classes = splits.num_classes
+    supernet = Supernet(space, num_classes=num_classes, drop_path_rate=recipe.drop_path).to(runtime.device)
+    model: nn.Module = supernet
+    if runtime.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            supernet, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=True)  # dropped blocks and MHSA get no gradient in a pass
+    optimizer = create_optimizer_v2(supernet, opt=recipe.opt, lr=recipe.lr(runtime.world_size),
+                                    weight_decay=recipe.weight_decay)
+    updates_per_epoch = sampler.batches_per_epoch
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=recipe.epochs,
+                                       warmup_epochs=recipe.warmup_epochs, warmup_lr=recipe.warmup_lr,
+                                       min_lr=recipe.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch)
+    mixup = None
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
+                      num_classes=num_classes)
+    amp = recipe.amp and runtime.device.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
+
+    epoch, batch_in_epoch, global_step, metrics = 0, 0, 0, []
+    if checkpoint is not None:
+        supernet.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        epoch, batch_in_epoch, global_step = checkpoint["epoch"], checkpoint["batch"], checkpoint["global_step"]
+        metrics = checkpoint["metrics"]
+        _restore_rng(checkpoint["rng"][min(runtime.rank, len(checkpoint["rng"]) - 1)], config_rng)
+    if runtime.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+        atomic_write_text(out / "environment.json", json.dumps(environment(runtime), indent=2) + "\n")
+        _truncate_jsonl(out / "steps.jsonl", lambda r: r["global_step"] <= global_step)
+        _truncate_jsonl(out / "metrics.jsonl", lambda r: r["epoch"] < epoch)
+
+    def write_checkpoint(finished: bool = False) -> None:
+        states = [None] * runtime.world_size
+        local = _rng_state(config_rng)
+        if runtime.world_size > 1:
+            dist.all_gather_object(states, local)
+        else:
+            states = [local]
+        if runtime.is_main:
+            save_checkpoint(out / CHECKPOINT, {
+                "format": CHECKPOINT_FORMAT, "kind": "supernet", "space": space.name, "num_classes": num_classes,
+                "recipe": recipe.to_dict(), "model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch_in_epoch,
+                "global_step": global_step, "rng": states, "metrics": metrics, "finished": finished})
+        runtime.barrier()
+
+    steps_this_call = 0
+    bar = None
+    while epoch < recipe.epochs:
+        sampler.set_epoch(epoch, start_batch=batch_in_epoch)
+        supernet.train()
+        if progress and runtime.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=updates_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                       unit="step", dynamic_ncols=True, leave=False)
+        sums: dict[str, float] = {}
+        epoch_started = time.perf_counter()
+        for images, labels, indices in loader:
+            images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device)
+            if mixup is not None:
+                images, targets = mixup(images, labels)
+            else:
+                targets = mixup_target(labels, num_classes, smoothing=recipe.smoothing)
+            configs = sandwich_configs(space, config_rng, recipe.num_random)
+            optimizer.zero_grad(set_to_none=True)
+            losses = sandwich_step(model, configs, images, targets, recipe.inplace_distill, autocast)
+            if recipe.clip_grad:
+                dispatch_clip_grad(supernet.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
+            optimizer.step()
+            global_step += 1
+            batch_in_epoch += 1
+            scheduler.step_update(num_updates=global_step)
+            for role, value in losses.items():
+                sums[role] = sums.get(role, 0.0) + value
+            if runtime.is_main:
+                _append_jsonl(out / "steps.jsonl", {"global_step": global_step, "epoch": epoch,
+                                                    "batch": batch_in_epoch, "first_index": int(indices[0]),
+                                                    "lr": optimizer.param_groups[0]["lr"], **losses})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses['largest']:.3f}")
+            steps_this_call += 1
+            stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+            if global_step % recipe.checkpoint_every_steps == 0 and batch_in_epoch < updates_per_epoch:
+                write_checkpoint()
+            if stop:
+                if bar is not None:
+                    bar.close()
+                write_checkpoint()
+                return TrainResult(out, recipe.epochs, global_step, metrics, time.perf_counter() - started)
+        if bar is not None:
+            bar.close()
+        train_seconds = time.perf_counter() - epoch_started
+        steps_done = max(1, batch_in_epoch)
+        row = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
+               **{f"loss_{role}": value / steps_done for role, value in sums.items()},
+               "train_seconds": round(train_seconds, 2)}
+        if runtime.is_main:
+            row.update(_epoch_evaluation(supernet, space, splits, recipe))
+            metrics.append(row)
+            _append_jsonl(out / "metrics.jsonl", row)
+            print(_format_epoch(row), flush=True)
+        epoch += 1
+        batch_in_epoch = 0
+        write_checkpoint(finished=epoch >= recipe.epochs)
+    return TrainResult(out, recipe.epochs, global_step, metrics, time.perf_counter() - started)
+
+
+def _epoch_evaluation(supernet: Supernet, space: SearchSpace, splits: Splits, recipe: Recipe) -> dict[str, float]:
+    """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""
+    if recipe.val_split == 0:
+        return {}
+    calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
+    val = splits.eval_loader("val")
+    result = {}
+    for name, config in (("largest", space.largest()), ("smallest", space.smallest())):
+        evaluation = evaluate_subnet(supernet, config, calib, val, recipe.bn_batches)
+        result[f"val_top1_{name}"] = round(evaluation.top1, 3)
+    return result
+
+
+def _format_epoch(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch'] + 1}"]
+    parts += [f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "global_step")]
+    return "  ".join(parts)
+
+
+# -- loading a trained supernet ------------------------------------------------------------------
+
+def load_supernet(run_dir: Path, device: Optional[torch.device] = None) -> tuple[Supernet, Recipe]:
+    """The supernet of a run folder (``RUN_DIR/checkpoint.pt`` or the checkpoint file itself)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
+    if not run_dir.exists():
+        raise InvalidInputError(f"supernet run {str(run_dir)!r} does not exist")
+    payload = load_checkpoint(path)
+    recipe = Recipe.from_dict(payload["recipe"], source=f"{path} recipe")
+    supernet = Supernet(payload["space"], num_classes=payload["num_classes"], drop_path_rate=recipe.drop_path)
+    supernet.load_state_dict(payload["model"])
+    return supernet.to(device or torch.device("cpu")).eval(), recipe
+
+
+def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", data_dir: Optional[str] = None,
+                    bn_batches: Optional[int] = None, images: Optional[int] = None):
+    """Top-1 and loss of ``config`` from a trained supernet, after BatchNorm recalibration."""
+    supernet, recipe = load_supernet(run_dir)
+    if config.space != supernet.space.name:
+        raise InvalidInputError(f"the config belongs to space {config.space!r}; the supernet in "
+                                f"{str(run_dir)!r} is of space {supernet.space.name!r}")
+    if images is not None:
+        recipe = recipe.replace(eval_images=images)
+    splits = Splits(recipe, supernet.space.resolution, data_dir=data_dir)
+    calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
+    return evaluate_subnet(supernet, config, calib, splits.eval_loader(split), bn_batches or recipe.bn_batches)
+
+
+__all__ = ["TrainResult", "TrainingDiverged", "evaluate", "evaluate_config", "load_supernet", "sandwich_step",
+           "train_supernet"]
