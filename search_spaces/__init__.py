@@ -17,6 +17,7 @@ from search_spaces.errors import InvalidInputError, NasError
 from search_spaces.parts import Costs, Part, count_macs, count_params, network_costs, network_parts, part_costs
 from search_spaces.presets import PAPER_FIGURES, PRESETS, TIMM_NAMES, get_preset, list_presets, resolve_config
 from search_spaces.space import (
+    MOVE_KINDS,
     AttentionSettings,
     Move,
     SearchSpace,
@@ -37,7 +38,7 @@ def build_model(*args, **kwargs):
 
 
 __all__ = [
-    "AttentionSettings", "BlockConfig", "Costs", "InvalidInputError", "Move", "NasError", "PAPER_FIGURES", "PRESETS", "Part",
+    "MOVE_KINDS", "AttentionSettings", "BlockConfig", "Costs", "InvalidInputError", "Move", "NasError", "PAPER_FIGURES", "PRESETS", "Part",
     "SearchSpace", "StageConfig", "StageSpace", "SubnetConfig", "TIMM_NAMES", "build_model", "count_macs",
     "count_params", "dump_yaml", "get_preset", "get_space", "list_presets", "list_spaces", "load_config",
     "load_configs", "network_costs", "network_parts", "parse_config_text", "parse_latency_ms", "parse_mes",

@@ -20,3 +20,32 @@ def run_nas(*args: str, cwd=None, timeout=600, env=None) -> subprocess.Completed
 @pytest.fixture
 def nas_cli():
     return run_nas
+
+
+SMALL_RUN = {
+    "space": "efficientformerv2-tiny@32", "max_train_images": 640, "val_split": 256, "epochs": 1,
+    "batch_size": 32, "checkpoint_every_steps": 1000, "bn_batches": 1, "eval_images": 64, "warmup_epochs": 0.1,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_supernet_run(tmp_path_factory):
+    """A real (briefly) trained supernet of the tiny space at 32 px, on real Fashion-MNIST images."""
+    from supernet.recipe import load_recipe
+    from supernet.train import train_supernet
+
+    run = tmp_path_factory.mktemp("supernet") / "run"
+    recipe = load_recipe("fashion-mnist-tiny").replace(**SMALL_RUN)
+    train_supernet(recipe, run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_lut(tmp_path_factory):
+    """A real torch-cpu latency table of the tiny space at 32 px (few runs: fast, still measured)."""
+    from latency_lut import Backend, Protocol, build_table
+
+    path = tmp_path_factory.mktemp("lut") / "tiny32.parquet"
+    build_table("efficientformerv2-tiny@32", Backend("torch-cpu", threads=1), path,
+                Protocol(runs=3, warmup=1, rounds=1), progress=False)
+    return path

@@ -1,0 +1,79 @@
+"""Search outputs on disk, and reading result stores back for analysis.
+
+Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget):
+
+* ``ALGO-LABEL.yaml``: the config selected at each budget reached;
+* ``ALGO-trajectory.csv``: step, move, accuracy, params, latency_ms, mes, utility, key;
+* ``ALGO-summary.md``: budgets, selected configs and their metrics, evaluations, wall time;
+* ``study.db``: the results store (unless ``--storage`` names another).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from search_spaces.config import save_config
+from search_spaces.io import atomic_path, atomic_write_text
+
+from nas import store
+from nas.search import SearchResult
+
+TRAJECTORY_COLUMNS = ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
+
+
+def selected_frame(result: SearchResult) -> pd.DataFrame:
+    rows = []
+    for budget in result.budgets:
+        if budget.label in result.selected:
+            config, metrics = result.selected[budget.label]
+            rows.append({"budget": budget.label, **metrics.as_dict()})
+    return pd.DataFrame(rows, columns=["budget", "key", "accuracy", "params", "latency_ms", "mes"])
+
+
+def write_search_outputs(result: SearchResult, out: Path, command: str = "") -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label, (config, _) in result.selected.items():
+        written.append(save_config(config, out / f"{result.algorithm}-{label}.yaml"))
+    trajectory = out / f"{result.algorithm}-trajectory.csv"
+    with atomic_path(trajectory) as tmp:
+        pd.DataFrame(result.trajectory, columns=TRAJECTORY_COLUMNS).to_csv(tmp, index=False)
+    written.append(trajectory)
+    summary = out / f"{result.algorithm}-summary.md"
+    atomic_write_text(summary, summary_markdown(result, command))
+    written.append(summary)
+    return written
+
+
+def summary_markdown(result: SearchResult, command: str = "") -> str:
+    frame = selected_frame(result)
+    lines = [f"# Search: {result.algorithm}", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [f"Budgets: {', '.join(b.label for b in result.budgets)}",
+              f"Configs evaluated: {result.evaluations}; wall time {result.seconds:.1f} s", ""]
+    missed = [b.label for b in result.budgets if b.label not in result.selected]
+    if missed:
+        lines += [f"Budgets not reached: {', '.join(missed)}", ""]
+    lines += ["| budget | top-1 (%) | params (M) | latency (ms) | MES | config |", "|---|---|---|---|---|---|"]
+    for row in frame.itertuples():
+        lines.append(f"| {row.budget} | {row.accuracy:.2f} | {row.params / 1e6:.3f} | {row.latency_ms:.4g} | "
+                     f"{row.mes:.2f} | `{row.key}` |")
+    return "\n".join(lines) + "\n"
+
+
+def load_results(*folders: Path) -> pd.DataFrame:
+    """Every evaluated config of every study under the given folders (one row per trial)."""
+    frames = [store.studies_dataframe(Path(folder)) for folder in folders]
+    return pd.concat(frames, ignore_index=True)
+
+
+def pareto_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per study, the configs on the (accuracy, MES) front, most accurate first."""
+    fronts = []
+    for _, group in frame.groupby("study", sort=True):
+        front = store.pareto_front(group.drop_duplicates("key"))
+        fronts.append(front.sort_values(["accuracy", "mes"], ascending=False))
+    return pd.concat(fronts, ignore_index=True)

@@ -1,0 +1,397 @@
+"""The fine-grained joint search (SPEC section 4) and its baselines, on one evaluator.
+
+Algorithms (``ALGORITHMS``):
+
+* ``fine-grained``: from the largest config, every step scores every applicable move
+  (shrink a width, shrink one FFN's expansion, drop a block, drop a block's MHSA) by
+  accuracy drop per MES gain and takes the best (smallest ``dAcc / dMES``; a move that
+  does not lower accuracy wins outright; ties go to the first move in the space's
+  fixed move order). It stops when every budget is met, recording the config as the
+  trajectory crosses each budget.
+* ``v1-scale``: the same loop with depth and width moves only (expansion fixed at the
+  largest), EfficientFormer V1's search space.
+* ``v1-scale+prune``: ``v1-scale`` to a budget loosened by ``PRUNE_SLACK``, then
+  expansion ratios chosen by magnitude pruning of FFN hidden channels (the hidden
+  channels a shrink would remove with the smallest mean ``|fc1 weight| x |BN scale|``
+  go first) until the budget is met.
+* ``random``: ``evaluations`` random configs within the loosest budget; per budget the
+  most accurate one meeting it.
+* ``nsga2``: Optuna's NSGA-II over the config's choices, maximising accuracy and MES,
+  the loosest budget as a constraint; duplicate configs are not re-evaluated.
+
+Every evaluation goes through :class:`Evaluator`, which caches by config key in the
+results store, so a search started again with the same arguments resumes without
+re-evaluating any stored config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from search_spaces import (
+    MOVE_KINDS,
+    InvalidInputError,
+    SearchSpace,
+    SubnetConfig,
+    count_params,
+    parse_latency_ms,
+    parse_mes,
+    parse_params,
+)
+from search_spaces.presets import PAPER_FIGURES
+
+from nas import store
+from nas.objectives import Metrics, Objectives
+
+ALGORITHMS = ("fine-grained", "v1-scale", "v1-scale+prune", "random", "nsga2")
+V1_MOVES = ("width", "drop_block", "drop_mhsa")
+PRUNE_SLACK = 1.25  # v1-scale+prune: V1 stops at budget x 1.25 (params, latency) or / 1.25 (MES)
+
+
+# -- budgets ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """``params`` (count) or ``latency`` (ms): at most; ``mes``: at least."""
+
+    kind: str
+    value: float
+
+    def met(self, metrics_or_costs) -> bool:
+        params, latency_ms, mes = _costs_of(metrics_or_costs)
+        if self.kind == "params":
+            return params <= self.value
+        if self.kind == "latency":
+            return latency_ms <= self.value
+        return mes >= self.value
+
+    def loosened(self, factor: float) -> "Budget":
+        return Budget(self.kind, self.value / factor if self.kind == "mes" else self.value * factor)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "params":
+            return f"params-{self.value / 1e6:.3g}M"
+        if self.kind == "latency":
+            return f"latency-{self.value:.3g}ms"
+        return f"mes-{self.value:.4g}"
+
+
+def _costs_of(item) -> tuple[float, float, float]:
+    if isinstance(item, Metrics):
+        return item.params, item.latency_ms, item.mes
+    return item
+
+
+def parse_family(text: str) -> list[Budget]:
+    """``3.5M,6.1M`` (params), ``0.9ms,1.1ms`` (latency) or ``60,80`` (MES): one kind for all."""
+    budgets = []
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        unit = re.sub(r"^[-+0-9.eE]*", "", item).strip().lower()
+        if unit in ("ms", "us", "µs", "s"):
+            budgets.append(Budget("latency", parse_latency_ms(item)))
+        elif unit:
+            budgets.append(Budget("params", parse_params(item)))
+        else:
+            budgets.append(Budget("mes", parse_mes(item)))
+    if not budgets:
+        raise InvalidInputError(f"--family {text!r}: expected comma-separated budgets such as 3.5M,6.1M")
+    kinds = {b.kind for b in budgets}
+    if len(kinds) > 1:
+        raise InvalidInputError(f"--family {text!r} mixes budget kinds ({', '.join(sorted(kinds))}); expected "
+                                f"one kind: params (7M), latency (1.1ms) or MES (60)")
+    return budgets
+
+
+def default_family(space: SearchSpace) -> list[Budget]:
+    """The paper's S0-L parameter counts on ``efficientformerv2``; elsewhere four parameter
+    budgets spaced geometrically between the smallest and the largest config."""
+    if space.name == "efficientformerv2":
+        return [Budget("params", PAPER_FIGURES[name]["params_m"] * 1e6) for name in ("L", "S2", "S1", "S0")]
+    low, high = count_params(space.smallest()), count_params(space.largest())
+    return [Budget("params", float(f"{low * (high / low) ** f:.3g}")) for f in (0.8, 0.6, 0.4, 0.2)]
+
+
+def check_budgets(objectives: Objectives, budgets: Sequence[Budget]) -> list[Budget]:
+    """Budgets sorted loosest first; one below the smallest config is refused before any work."""
+    smallest = objectives.costs(objectives.space.smallest())
+    for budget in budgets:
+        if not budget.met(smallest):
+            unit = {"params": f"{smallest[0] / 1e6:.3f}M params", "latency": f"{smallest[1]:.4g} ms",
+                    "mes": f"MES {smallest[2]:.4g}"}[budget.kind]
+            raise InvalidInputError(f"budget {budget.label} is unreachable: the smallest config of "
+                                    f"{objectives.space.name!r} already has {unit}")
+    return sorted(budgets, key=lambda b: (-b.value if b.kind != "mes" else b.value, b.label))
+
+
+# -- evaluation through the store ------------------------------------------------------------------
+
+class Evaluator:
+    """Metrics of configs, each evaluated once: cached in memory and in the study."""
+
+    def __init__(self, objectives: Objectives, study, algorithm: str) -> None:
+        self.objectives, self.study, self.algorithm = objectives, study, algorithm
+        self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
+        self.evaluations = 0  # new evaluations made by this process
+        self.reused = len(self.cache)
+
+    def __call__(self, config: SubnetConfig) -> Metrics:
+        metrics = self.cache.get(config.key)
+        if metrics is None:
+            metrics = self.objectives(config)
+            self.cache[config.key] = metrics
+            self.evaluations += 1
+            if self.study is not None:
+                store.record(self.study, self.objectives.space, config, metrics, self.algorithm)
+        return metrics
+
+    @property
+    def distinct(self) -> int:
+        return len(self.cache)
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+@dataclass
+class SearchResult:
+    algorithm: str
+    budgets: list[Budget]
+    selected: dict[str, tuple[SubnetConfig, Metrics]] = field(default_factory=dict)  # budget label -> best
+    trajectory: list[dict] = field(default_factory=list)
+    evaluations: int = 0  # distinct configs evaluated (stored ones included)
+    seconds: float = 0.0
+
+
+def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
+    return {"step": step, "move": move, "accuracy": metrics.accuracy, "params": metrics.params,
+            "latency_ms": metrics.latency_ms, "mes": metrics.mes,
+            "utility": utility if utility is not None else float("nan"), "key": metrics.key}
+
+
+# -- greedy slimming (fine-grained, v1-scale) -------------------------------------------------------
+
+def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget],
+                  kinds: Sequence[str] = MOVE_KINDS, start: Optional[SubnetConfig] = None,
+                  progress: Optional[Callable[[str], None]] = None) -> tuple[list[dict], dict]:
+    """Slim from ``start`` (the largest config) one move at a time by least accuracy drop per
+    MES gain until every budget is met. Returns the trajectory and budget label -> (config, metrics)."""
+    state = start or space.largest()
+    current = evaluate(state)
+    trajectory = [_row(0, "start", current, None)]
+    selected: dict[str, tuple[SubnetConfig, Metrics]] = {}
+    pending = list(budgets)
+
+    def record_crossings() -> None:
+        for budget in list(pending):
+            if budget.met(current):
+                selected[budget.label] = (state, current)
+                pending.remove(budget)
+
+    record_crossings()
+    step = 0
+    while pending:
+        step += 1
+        candidates = space.moves(state, tuple(kinds))
+        if not candidates:
+            break
+        costs = [evaluate.objectives.costs(config) for _, config in candidates]
+        gains = [c[2] - current.mes for c in costs]
+        # a move that does not raise MES cannot pay for an accuracy drop; score it only if nothing else is left
+        useful = [i for i, gain in enumerate(gains) if gain > 0] or list(range(len(candidates)))
+        best = None
+        for i in useful:
+            move, config = candidates[i]
+            after = evaluate(config)
+            drop = current.accuracy - after.accuracy
+            utility = drop / gains[i] if gains[i] > 0 else math.inf
+            if best is None or utility < best[0]:
+                best = (utility, move, config, after)
+        utility, move, state, current = best
+        trajectory.append(_row(step, str(move), current, utility))
+        if progress:
+            progress(f"step {step}: {move}  top-1 {current.accuracy:.2f}  params {current.params / 1e6:.3f}M  "
+                     f"MES {current.mes:.2f}  ({evaluate.distinct} configs evaluated)")
+        record_crossings()
+    return trajectory, selected
+
+
+# -- magnitude pruning of FFN hidden channels (v1-scale+prune) --------------------------------------
+
+def hidden_channel_scores(supernet) -> dict[tuple[int, int], list[float]]:
+    """Per supernet block (stage, index): the magnitude of each hidden channel of its FFN,
+    ``mean |fc1 weight row| x |fc1 BN scale|``, in the supernet's (prefix) channel order."""
+    scores = {}
+    for s, stage in enumerate(supernet.stages):
+        for b, block in enumerate(stage.blocks):
+            fc1 = block.mlp.fc1
+            magnitude = fc1.conv.weight.detach().abs().flatten(1).mean(dim=1) * fc1.bn.weight.detach().abs()
+            scores[(s, b)] = magnitude.tolist()
+    return scores
+
+
+def prune_expansions(space: SearchSpace, config: SubnetConfig, scores: dict[tuple[int, int], list[float]],
+                     budget: Budget, costs: Callable[[SubnetConfig], tuple]) -> SubnetConfig:
+    """Shrink FFN expansions, least important hidden channels first, until ``budget`` is met."""
+    while not budget.met(costs(config)):
+        options = []
+        for s, stage in enumerate(config.stages):
+            for b, block in stage.kept:
+                smaller = space.shrink_expansion(config, s, b)
+                if smaller is None:
+                    continue
+                new_expansion = smaller.stages[s].blocks[b].expansion
+                removed = scores[(s, b)][stage.width * new_expansion: stage.width * block.expansion]
+                options.append((sum(removed) / len(removed), s, b, smaller))
+        if not options:
+            break  # every FFN at its smallest expansion: the budget needs depth/width moves
+        config = min(options, key=lambda o: o[:3])[3]
+    return config
+
+
+# -- random search and NSGA-II ---------------------------------------------------------------------
+
+def sample_within(space: SearchSpace, budget: Budget, rng: random.Random, costs: Callable,
+                  max_tries: int = 100_000) -> SubnetConfig:
+    for _ in range(max_tries):
+        config = space.sample(rng)
+        if budget.met(costs(config)):
+            return config
+    raise InvalidInputError(f"no random config of {space.name!r} met {budget.label} in {max_tries} draws; "
+                            f"loosen the budget")
+
+
+def best_per_budget(evaluated: Sequence[tuple[SubnetConfig, Metrics]], budgets: Sequence[Budget]) -> dict:
+    selected = {}
+    for budget in budgets:
+        feasible = [(c, m) for c, m in evaluated if budget.met(m)]
+        if feasible:  # most accurate, then highest MES, then key: deterministic
+            selected[budget.label] = max(feasible, key=lambda cm: (cm[1].accuracy, cm[1].mes, cm[1].key))
+    return selected
+
+
+def random_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
+                  seed: int, progress=None) -> tuple[list[dict], dict]:
+    rng = random.Random(seed)
+    evaluated, trajectory = [], []
+    for i in range(evaluations):
+        config = sample_within(space, budgets[0], rng, evaluate.objectives.costs)
+        metrics = evaluate(config)
+        evaluated.append((config, metrics))
+        trajectory.append(_row(i + 1, "sample", metrics, None))
+        if progress and (i + 1) % 10 == 0:
+            progress(f"{i + 1}/{evaluations} random configs evaluated")
+    return trajectory, best_per_budget(evaluated, budgets)
+
+
+def nsga2_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
+                 seed: int, study, progress=None) -> tuple[list[dict], dict]:
+    """NSGA-II in the study itself: its trials are the evaluations (ask/tell), resumable."""
+    optuna = store._optuna()
+    loosest = budgets[0]
+    distributions = store.distributions(space)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name == "RUNNING":  # left by an interrupted run
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    for _ in range(max(0, evaluations - len(done))):
+        trial = study.ask(distributions)
+        config = store.decode(space, trial.params)
+        metrics = evaluate.cache.get(config.key) or evaluate.objectives(config)
+        if config.key not in evaluate.cache:
+            evaluate.cache[config.key] = metrics
+            evaluate.evaluations += 1
+        violation = _violation(loosest, metrics)
+        trial.set_user_attr("constraint", [violation])
+        for key, value in store.user_attrs(config, metrics, "nsga2").items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, [metrics.accuracy, metrics.mes])
+        if progress and (len(done) + 1) % 10 == 0:
+            progress(f"{len(done) + 1}/{evaluations} NSGA-II trials")
+        done.append(trial)
+    evaluated, trajectory = [], []
+    for i, trial in enumerate(t for t in study.get_trials(deepcopy=False) if store.trial_metrics(t)):
+        metrics = store.trial_metrics(trial)
+        evaluated.append((store.decode(space, trial.params), metrics))
+        trajectory.append(_row(i + 1, "nsga2", metrics, None))
+    return trajectory, best_per_budget(evaluated, budgets)
+
+
+def _violation(budget: Budget, metrics: Metrics) -> float:
+    """Optuna's constraint value: <= 0 when the budget is met."""
+    if budget.kind == "params":
+        return (metrics.params - budget.value) / 1e6
+    if budget.kind == "latency":
+        return metrics.latency_ms - budget.value
+    return budget.value - metrics.mes
+
+
+def nsga2_sampler(seed: int):
+    optuna = store._optuna()
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=20,
+                                         constraints_func=lambda trial: trial.user_attrs["constraint"])
+
+
+# -- one search end to end -------------------------------------------------------------------------
+
+def study_name(algorithm: str, arguments: dict) -> str:
+    digest = hashlib.sha1(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{algorithm}-{digest}"
+
+
+def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
+               arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
+               progress=None) -> SearchResult:
+    """Run (or resume) one search; ``arguments`` name the study (same arguments, same study)."""
+    if algorithm not in ALGORITHMS:
+        raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+    if evaluations < 1:
+        raise InvalidInputError(f"--evaluations {evaluations}: expected a positive number")
+    budgets = check_budgets(objectives, budgets)
+    space = objectives.space
+    started = time.perf_counter()
+    sampler = nsga2_sampler(seed) if algorithm == "nsga2" else None
+    study = store.open_study(storage, study_name(algorithm, arguments), sampler=sampler,
+                             metadata={"algorithm": algorithm, "space": space.name,
+                                       "budgets": [b.label for b in budgets],
+                                       "arguments": json.loads(json.dumps(arguments, default=str))})
+    evaluate = Evaluator(objectives, study, algorithm)
+    if algorithm == "fine-grained":
+        trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress)
+    elif algorithm == "v1-scale":
+        trajectory, selected = greedy_search(space, evaluate, budgets, V1_MOVES, progress=progress)
+    elif algorithm == "v1-scale+prune":
+        trajectory, selected = _v1_scale_prune(space, evaluate, budgets, supernet, progress)
+    elif algorithm == "random":
+        trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress)
+    else:
+        trajectory, selected = nsga2_search(space, evaluate, budgets, evaluations, seed, study, progress)
+    return SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
+                        time.perf_counter() - started)
+
+
+def _v1_scale_prune(space, evaluate, budgets, supernet, progress):
+    if supernet is None:
+        raise InvalidInputError("v1-scale+prune needs the supernet's weights (magnitude pruning)")
+    scores = hidden_channel_scores(supernet)
+    loose = [b.loosened(PRUNE_SLACK) for b in budgets]
+    trajectory, reached = greedy_search(space, evaluate, loose, V1_MOVES, progress=progress)
+    selected = {}
+    for budget, loose_budget in zip(budgets, loose):
+        if loose_budget.label not in reached:
+            continue
+        config = reached[loose_budget.label][0]
+        pruned = prune_expansions(space, config, scores, budget, evaluate.objectives.costs)
+        if not budget.met(evaluate.objectives.costs(pruned)):  # pruning alone cannot get there
+            trajectory_more, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned)
+            pruned = more[budget.label][0] if budget.label in more else pruned
+        metrics = evaluate(pruned)
+        trajectory.append(_row(len(trajectory), f"prune to {budget.label}", metrics, None))
+        selected[budget.label] = (pruned, metrics)
+    return trajectory, selected

@@ -1,0 +1,165 @@
+"""The results store: every search is an Optuna study, every evaluated config a trial.
+
+A trial's values are (accuracy, MES), both maximised, so Optuna's Pareto tools work
+on every study; its user attributes hold the config key, the config itself (JSON),
+the parameters, the latency and the algorithm that evaluated it. Its params encode
+the config's choices (a width per stage, a block token per supernet block), which
+is also the search space NSGA-II samples.
+
+The embedded default storage is a SQLite file in the output folder; any database
+URL Optuna accepts works for several machines sharing one study.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from search_spaces import BlockConfig, InvalidInputError, SearchSpace, StageConfig, SubnetConfig
+
+from nas.objectives import Metrics
+
+DIRECTIONS = ("maximize", "maximize")  # accuracy, MES
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    return optuna
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """Optuna distributions of a space's choices: a width per stage, a token per block."""
+    optuna = _optuna()
+    result = {}
+    for i, stage in enumerate(space.stages):
+        result[f"s{i + 1}.width"] = optuna.distributions.CategoricalDistribution(list(stage.widths))
+        tokens = ["-"] + [f"F{e}" for e in stage.expansions] + ([f"A{e}" for e in stage.expansions]
+                                                                if stage.mhsa else [])
+        for j in range(stage.max_depth):
+            result[f"s{i + 1}.b{j + 1}"] = optuna.distributions.CategoricalDistribution(tokens)
+    return result
+
+
+def encode(config: SubnetConfig) -> dict[str, Any]:
+    params = {}
+    for i, stage in enumerate(config.stages):
+        params[f"s{i + 1}.width"] = stage.width
+        for j, block in enumerate(stage.blocks):
+            params[f"s{i + 1}.b{j + 1}"] = "-" if block is None else block.token
+    return params
+
+
+def decode(space: SearchSpace, params: dict[str, Any]) -> SubnetConfig:
+    """The config of encoded choices; a stage left with too few blocks keeps its first
+    blocks (smallest FFN), so every point of Optuna's space is a valid network."""
+    stages = []
+    for i, choices in enumerate(space.stages):
+        blocks = []
+        for j in range(choices.max_depth):
+            token = params[f"s{i + 1}.b{j + 1}"]
+            blocks.append(None if token == "-" else BlockConfig(int(token[1:]), token[0] == "A"))
+        missing = choices.min_depth - sum(b is not None for b in blocks)
+        for j in range(choices.max_depth):
+            if missing > 0 and blocks[j] is None:
+                blocks[j] = BlockConfig(choices.expansions[0])
+                missing -= 1
+        stages.append(StageConfig(params[f"s{i + 1}.width"], tuple(blocks)))
+    return space.validate(SubnetConfig(space.name, space.resolution, stages[0].width, tuple(stages)))
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def check_storage(storage: str) -> None:
+    """Open the storage once (creating a SQLite file if needed); fail with one clear message."""
+    optuna = _optuna()
+    try:
+        optuna.storages.get_storage(storage)
+    except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
+        raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:200]}") from None
+
+
+def open_study(storage: str, study_name: str, sampler=None, metadata: Optional[dict[str, Any]] = None):
+    """Create or load a study; a storage that cannot be opened is one clear error."""
+    optuna = _optuna()
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name, directions=list(DIRECTIONS),
+                                    sampler=sampler, load_if_exists=True)
+    except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
+        raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:200]}") from None
+    for key, value in (metadata or {}).items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
+    return study
+
+
+def trial_metrics(trial) -> Optional[Metrics]:
+    attrs = trial.user_attrs
+    if trial.state.name != "COMPLETE" or "key" not in attrs:
+        return None
+    return Metrics(attrs["key"], attrs["accuracy"], attrs["params"], attrs["latency_ms"], attrs["mes"])
+
+
+def stored_metrics(study) -> dict[str, Metrics]:
+    """Every evaluated config of a study, by key."""
+    result = {}
+    for trial in study.get_trials(deepcopy=False):
+        metrics = trial_metrics(trial)
+        if metrics is not None:
+            result[metrics.key] = metrics
+    return result
+
+
+def user_attrs(config: SubnetConfig, metrics: Metrics, algorithm: str) -> dict[str, Any]:
+    return {**metrics.as_dict(), "config": config.to_json(), "algorithm": algorithm}
+
+
+def record(study, space: SearchSpace, config: SubnetConfig, metrics: Metrics, algorithm: str) -> None:
+    """Add an evaluated config to the study as a finished trial."""
+    optuna = _optuna()
+    study.add_trial(optuna.trial.create_trial(
+        params=encode(config), distributions=distributions(space), values=[metrics.accuracy, metrics.mes],
+        user_attrs=user_attrs(config, metrics, algorithm)))
+
+
+def studies_dataframe(folder: Path):
+    """Every trial of every study in the SQLite files of a folder, as one DataFrame."""
+    import pandas as pd
+
+    optuna = _optuna()
+    folder = Path(folder)
+    if not folder.exists():
+        raise InvalidInputError(f"results folder {str(folder)!r} does not exist")
+    frames = []
+    for db in sorted(folder.rglob("*.db")):
+        storage = f"sqlite:///{db.resolve()}"
+        try:
+            summaries = optuna.study.get_all_study_summaries(storage)
+        except Exception as error:
+            raise InvalidInputError(f"{db} is not a results store ({type(error).__name__})") from None
+        for summary in summaries:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            rows = [dict(trial.user_attrs, trial=trial.number) for trial in study.get_trials(deepcopy=False)
+                    if trial_metrics(trial) is not None]
+            if rows:
+                frame = pd.DataFrame(rows)
+                frame["study"] = summary.study_name
+                frame["store"] = str(db.relative_to(folder))
+                frames.append(frame)
+    if not frames:
+        raise InvalidInputError(f"no results store (*.db with evaluated configs) under {str(folder)!r}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def pareto_front(frame, objectives=(("accuracy", True), ("mes", True))):
+    """Rows of ``frame`` not dominated on ``objectives`` ((column, maximise), ...)."""
+    import numpy as np
+
+    values = np.stack([frame[c].to_numpy(dtype=float) * (1 if up else -1) for c, up in objectives], axis=1)
+    keep = [not np.any(np.all(values >= row, axis=1) & np.any(values > row, axis=1)) for row in values]
+    return frame[np.array(keep, dtype=bool)]

@@ -1,0 +1,237 @@
+"""The search, its baselines, the results store's resume, and bad input: real supernet, real table."""
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import run_nas
+from latency_lut import LatencyTable
+from nas import store
+from nas.mes import MesSpec
+from nas.objectives import Objectives, SupernetAccuracy
+from nas.search import (
+    V1_MOVES,
+    Budget,
+    Evaluator,
+    check_budgets,
+    default_family,
+    greedy_search,
+    hidden_channel_scores,
+    parse_family,
+    prune_expansions,
+    run_search,
+    study_name,
+)
+from search_spaces import InvalidInputError, count_params, get_space
+
+
+class ParamsAccuracy:
+    """A stand-in accuracy that only the greedy logic tests use: smooth in params and MHSA."""
+
+    def __call__(self, config):
+        bonus = sum(stage.num_mhsa for stage in config.stages)
+        return 50 + 10 * math.log(count_params(config)) + 0.5 * bonus
+
+
+@pytest.fixture(scope="module")
+def table(tiny_lut):
+    return LatencyTable.load(tiny_lut)
+
+
+@pytest.fixture(scope="module")
+def accuracy(tiny_supernet_run):
+    return SupernetAccuracy(tiny_supernet_run, eval_images=64, bn_batches=1, batch_size=64)
+
+
+def test_greedy_takes_the_least_accuracy_drop_per_mes_gain(table):
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.7)
+    evaluate = Evaluator(objectives, None, "fine-grained")
+    trajectory, selected = greedy_search(space, evaluate, [budget])
+    assert budget.met(selected[budget.label][1])
+    # every step took the argmin of dAcc / dMES over the moves of the state before it
+    state = space.largest()
+    for row in trajectory[1:]:
+        before = objectives(state)
+        scored = []
+        for move, config in space.moves(state):
+            after = objectives(config)
+            gain = after.mes - before.mes
+            if gain > 0:
+                scored.append(((before.accuracy - after.accuracy) / gain, str(move), config))
+        best = min(scored, key=lambda s: s[0])
+        assert row["move"] == best[1] and row["utility"] == pytest.approx(best[0])
+        state = best[2]
+    params = [row["params"] for row in trajectory]
+    assert params == sorted(params, reverse=True)
+    before_last = trajectory[-2]
+    assert not budget.met((before_last["params"], before_last["latency_ms"], before_last["mes"]))
+
+
+def test_family_is_one_trajectory_recording_each_crossing(table):
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
+    family = check_budgets(objectives, default_family(space))
+    assert [b.kind for b in family] == ["params"] * 4
+    assert [b.value for b in family] == sorted((b.value for b in family), reverse=True)
+    trajectory, selected = greedy_search(space, Evaluator(objectives, None, "fine-grained"), family)
+    assert set(selected) == {b.label for b in family}
+    keys = [row["key"] for row in trajectory]
+    for budget in family:
+        config, metrics = selected[budget.label]
+        index = keys.index(config.key)
+        assert budget.met(metrics) and not budget.met(
+            (trajectory[index - 1]["params"], trajectory[index - 1]["latency_ms"], trajectory[index - 1]["mes"]))
+
+
+def test_v1_moves_keep_expansions_and_pruning_decides_them(table, tiny_supernet_run):
+    from supernet.train import load_supernet
+
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.5)
+    trajectory, selected = greedy_search(space, Evaluator(objectives, None, "v1-scale"), [budget], V1_MOVES)
+    config = selected[budget.label][0]
+    assert {b.expansion for s in config.stages for _, b in s.kept} == {4}
+    assert all(row["move"].split()[0] in V1_MOVES for row in trajectory[1:])
+    supernet, _ = load_supernet(tiny_supernet_run)
+    scores = hidden_channel_scores(supernet)
+    loose = space.largest()
+    pruned = prune_expansions(space, loose, scores, budget, objectives.costs)
+    assert budget.met(objectives.costs(pruned))
+    assert pruned.widths == loose.widths and pruned.depths == loose.depths
+    assert {b.expansion for s in pruned.stages for _, b in s.kept} != {4}
+
+
+def _search(tiny_supernet_run, tiny_lut, out, *extra):
+    return run_nas("search", "--supernet", tiny_supernet_run, "--lut", tiny_lut, "--out", out,
+                   "--eval-images", "64", "--bn-batches", "1", "--quiet", *extra)
+
+
+def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_supernet_run, tiny_lut, tmp_path):
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.8 / 1e6:.3f}M"
+    out = tmp_path / "search"
+    first = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
+    assert first.returncode == 0, first.stderr
+    label = f"params-{float(budget[:-1]):.3g}M"
+    assert (out / f"fine-grained-{label}.yaml").exists()
+    trajectory = pd.read_csv(out / "fine-grained-trajectory.csv")
+    assert list(trajectory.columns) == ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
+    assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6
+    summary = (out / "fine-grained-summary.md").read_text()
+    assert "| budget | top-1 (%)" in summary and "Configs evaluated:" in summary
+    # the store: one trial per evaluated config, with metrics and key as attributes
+    import optuna
+
+    summaries = optuna.study.get_all_study_summaries(store.default_storage(out))
+    assert len(summaries) == 1
+    study = store.open_study(store.default_storage(out), summaries[0].study_name)
+    frame = study.trials_dataframe()
+    assert {"user_attrs_key", "user_attrs_accuracy", "user_attrs_mes", "user_attrs_params"} <= set(frame.columns)
+    assert frame["user_attrs_key"].is_unique
+    evaluated = len(frame)
+    # again, same arguments: nothing is evaluated again, the result is the same
+    second = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
+    assert second.returncode == 0, second.stderr
+    assert len(study.trials) == evaluated
+    assert pd.read_csv(out / "fine-grained-trajectory.csv").equals(trajectory)
+    shown = run_nas("results", "show", out)
+    assert shown.returncode == 0, shown.stderr
+    assert "Pareto configs of" in shown.stdout and "fine-grained" in shown.stdout
+
+
+def test_interrupted_search_resumes_from_the_store(table, accuracy, tmp_path):
+    space = accuracy.space
+    objectives = Objectives.from_table(space, table, accuracy, 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.75)
+    storage = store.default_storage(tmp_path)
+    arguments = {"test": "interrupt"}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(line):
+        if line.startswith("step 2:"):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_search(objectives, [budget], "fine-grained", storage, arguments, progress=stop_after_two)
+    study = store.open_study(storage, study_name("fine-grained", arguments))
+    stored_before = set(store.stored_metrics(study))
+    stored = len(stored_before)
+    assert stored > 0
+    accuracy.cache.clear()  # forget in memory: only the store remembers
+    calls = []
+    original = objectives.accuracy
+    objectives.accuracy = lambda config: calls.append(config.key) or original(config)
+    result = run_search(objectives, [budget], "fine-grained", storage, arguments)
+    assert budget.label in result.selected
+    stored_keys = set(store.stored_metrics(study))
+    assert len(calls) == len(set(calls))  # nothing evaluated twice
+    assert not set(calls) & stored_before  # what the store held was not evaluated again
+    assert result.evaluations == len(stored_keys) and len(calls) == len(stored_keys) - stored
+    objectives.accuracy = original
+
+
+@pytest.mark.parametrize("algorithm", ["random", "nsga2", "v1-scale+prune"])
+def test_baselines_through_the_cli(algorithm, tiny_supernet_run, tiny_lut, tmp_path):
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.6 / 1e6:.3f}M"
+    out = tmp_path / algorithm
+    result = _search(tiny_supernet_run, tiny_lut, out, "--params", budget, "--algorithm", algorithm,
+                     "--evaluations", "12", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    config_files = list(out.glob(f"{algorithm}-params-*.yaml"))
+    assert len(config_files) == 1
+    frame = pd.read_csv(out / f"{algorithm}-trajectory.csv")
+    assert (frame["params"].min() <= float(budget[:-1]) * 1e6)
+    if algorithm in ("random", "nsga2"):
+        assert len(frame) == 12
+    again = _search(tiny_supernet_run, tiny_lut, out, "--params", budget, "--algorithm", algorithm,
+                    "--evaluations", "12", "--seed", "1")
+    assert again.returncode == 0 and pd.read_csv(out / f"{algorithm}-trajectory.csv").equals(frame)
+
+
+def _error(result):
+    assert result.returncode == 2, (result.stdout[-800:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_bad_search_inputs_fail_before_any_work(tiny_supernet_run, tiny_lut, tmp_path):
+    out = tmp_path / "out"
+    assert "unreachable" in _error(_search(tiny_supernet_run, tiny_lut, out, "--params", "1K"))
+    assert "--alpha-lat = 1.5 is outside [0, 1]" in _error(
+        _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--alpha-lat", "1.5"))
+    assert "has no unit" in _error(_search(tiny_supernet_run, tiny_lut, out, "--params", "7"))
+    assert "give exactly one budget" in _error(_search(tiny_supernet_run, tiny_lut, out))
+    assert "cannot open the results storage" in _error(
+        _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--storage", "sqlite:////no/such/dir/x.db"))
+    # a table lacking blocks of the space
+    partial = tmp_path / "partial.parquet"
+    full = LatencyTable.load(tiny_lut)
+    LatencyTable(full.frame.iloc[: len(full.frame) // 2], full.space, full.backend, full.threads).save(partial)
+    assert "lacks" in _error(_search(tiny_supernet_run, partial, out, "--params", "1M"))
+    # a table of another space than the supernet's
+    other = tmp_path / "other.parquet"
+    LatencyTable(full.frame, "efficientformerv2-tiny", full.backend, full.threads).save(other)
+    assert "expected one space for both" in _error(_search(tiny_supernet_run, other, out, "--params", "1M"))
+    assert not list(out.glob("*.yaml")) and not list(out.glob("*.csv"))
+
+
+def test_budget_parsing():
+    assert [b.kind for b in parse_family("3.5M,6.1M")] == ["params", "params"]
+    assert parse_family("0.9ms,1.1ms")[1].value == pytest.approx(1.1)
+    assert parse_family("60,80")[0] == Budget("mes", 60.0)
+    with pytest.raises(InvalidInputError, match="mixes budget kinds"):
+        parse_family("3.5M,1ms")
+    assert [b.label for b in default_family(get_space("efficientformerv2"))] == [
+        "params-26.1M", "params-12.6M", "params-6.1M", "params-3.5M"]
+    assert Budget("mes", 60).met((1e6, 1.0, 61.0)) and not Budget("latency", 1.0).met((1e6, 1.2, 50.0))
+
+
+def test_mes_units_off_coreml(table):
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
+    assert objectives.mes.latency_unit_ms == pytest.approx(table.reference_latency_ms)
+    assert objectives.mes == MesSpec(1.0, 0.5, latency_unit_ms=table.reference_latency_ms)
