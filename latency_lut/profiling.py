@@ -17,6 +17,7 @@ import datetime
 import io
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -150,8 +151,10 @@ class Backend:
 def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
     """``module`` exported to ONNX (TorchScript exporter: fast and stable for these blocks)."""
     buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, input_names=["x"], output_names=["y"],
-                      opset_version=ONNX_OPSET, dynamo=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is chosen on purpose
+        torch.onnx.export(module, (example,), buffer, input_names=["x"], output_names=["y"],
+                          opset_version=ONNX_OPSET, dynamo=False)
     return buffer.getvalue()
 
 

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_commands.add_parser("summary", help="params, MACs and parts of a config file or preset")
     p.add_argument("config", metavar="FILE_OR_PRESET")
     p.set_defaults(handler=cmd_model_summary)
+    __import__("nas.lut_commands", fromlist=["register"]).register(commands)  # build-lut, lut ...
     return parser
 
 
