@@ -14,25 +14,29 @@ sum of its blocks, calibrated against measured whole networks::
 
 Depends on ``search_spaces`` only (never on ``supernet`` or ``nas``).
 """
-from latency_lut.blocks import build_part_module, part_input_shape, space_parts
-from latency_lut.build import build_table, missing_parts
-from latency_lut.coreml import export_coreml, import_measurements
-from latency_lut.profiling import BACKENDS, Backend, Protocol, Timing
-from latency_lut.table import SCHEMA_VERSION, Calibration, LatencyTable
-from latency_lut.validation import (
-    Accuracy,
-    ValidationReport,
-    accuracy,
-    fit_calibration,
-    kendall_tau,
-    stratified_configs,
-    validate_table,
-    write_report,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "Accuracy", "BACKENDS", "Backend", "Calibration", "LatencyTable", "Protocol", "SCHEMA_VERSION", "Timing",
-    "ValidationReport", "accuracy", "build_part_module", "build_table", "export_coreml", "fit_calibration",
-    "import_measurements", "kendall_tau", "missing_parts", "part_input_shape", "space_parts",
-    "stratified_configs", "validate_table", "write_report",
-]
+# name -> submodule; imported on first use (PEP 562) so that reading a table does not load
+# torch and timm, and the command line answers bad input quickly
+_EXPORTS = {
+    "build_part_module": "blocks", "part_input_shape": "blocks", "space_parts": "blocks",
+    "build_table": "build", "missing_parts": "build",
+    "export_coreml": "coreml", "import_measurements": "coreml",
+    "BACKENDS": "profiling", "Backend": "profiling", "Protocol": "profiling", "Timing": "profiling",
+    "SCHEMA_VERSION": "table", "Calibration": "table", "LatencyTable": "table",
+    "Accuracy": "validation", "ValidationReport": "validation", "accuracy": "validation",
+    "fit_calibration": "validation", "kendall_tau": "validation", "stratified_configs": "validation",
+    "validate_table": "validation", "write_report": "validation",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'latency_lut' has no attribute {name!r}")
+    return getattr(import_module(f"latency_lut.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -10,10 +10,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -67,11 +70,15 @@ def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple
     import coremltools as ct
 
     example = torch.randn(*shape)
-    with torch.no_grad():
+    # coremltools draws several progress bars and warnings per conversion (hundreds per space), and
+    # torch flags jit.trace as deprecated: the traced path is the one coremltools converts best
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module.eval(), example)
         output_shape = tuple(module(example).shape)
-    mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)], convert_to="mlprogram",
-                         minimum_deployment_target=ct.target.iOS16)
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
+                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
     relative = Path("blocks") / f"{key}.mlpackage"
     target = out_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)

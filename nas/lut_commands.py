@@ -16,9 +16,9 @@ BACKEND_CHOICES = ("torch-cpu", "onnxruntime", "torch-cuda")
 def cmd_build_lut(args: argparse.Namespace) -> None:
     import time
 
+    space = get_space(args.space)  # before torch loads: bad input is answered at once
     from latency_lut import Backend, Protocol, build_table
 
-    space = get_space(args.space)
     backend = Backend(args.backend, args.threads)
     started = time.perf_counter()
     table = build_table(space, backend, args.out, Protocol(runs=args.runs, warmup=args.warmup),
@@ -53,9 +53,11 @@ def cmd_lut_show(args: argparse.Namespace) -> None:
 
 
 def cmd_lut_validate(args: argparse.Namespace) -> None:
-    from latency_lut import LatencyTable, Protocol, validate_table, write_report
+    from latency_lut import LatencyTable
 
-    table = LatencyTable.load(args.file)
+    table = LatencyTable.load(args.file)  # before torch loads: a bad file is answered at once
+    from latency_lut import Protocol, validate_table, write_report
+
     report = validate_table(table, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples,
                             protocol=Protocol(runs=args.runs, warmup=args.warmup), rounds=args.rounds,
                             progress=not args.quiet)
@@ -73,6 +75,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_lut_export_coreml(args: argparse.Namespace) -> None:
+    get_space(args.space)  # before torch loads
     from latency_lut import export_coreml
 
     manifest = export_coreml(args.space, args.out, include_reference=True, progress=not args.quiet)
