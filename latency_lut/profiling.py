@@ -1,8 +1,9 @@
 """The profiling protocol and the measuring backends.
 
 Protocol (SPEC section 7, on the host): batch 1, a fixed input shape, a fixed thread
-count, ``warmup`` untimed calls, then ``runs`` timed calls, each timed alone; the table
-keeps the median and the 10th / 90th percentiles. A backend turns a module into a
+count, untimed warm-up calls, then timed calls, each timed alone, interleaved over a
+set of modules in several passes (:class:`Protocol`); the table keeps the median and the
+10th / 90th percentiles. A backend turns a module into a
 zero-argument callable that runs one inference to completion (synchronised on CUDA),
 so one timing loop serves every backend.
 
@@ -19,7 +20,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,16 +37,31 @@ Runner = Callable[[], None]
 
 @dataclass(frozen=True)
 class Protocol:
-    """How many calls to make: ``warmup`` untimed, then ``runs`` timed (at least 3)."""
+    """How to time a set of modules: ``rounds`` interleaved passes over all of them; in each pass
+    every module gets ``warmup`` untimed calls (caches re-warmed after the others ran) and its
+    share of the ``runs`` timed calls. Interleaving spreads every module's samples over the
+    same stretch of time, so a burst of load on a shared machine biases none of them alone."""
 
-    runs: int = 50
+    runs: int = 100
     warmup: int = 10
+    rounds: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 3:
             raise InvalidInputError(f"runs = {self.runs!r}; expected an integer of at least 3 timed runs")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise InvalidInputError(f"warmup = {self.warmup!r}; expected a non-negative integer")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise InvalidInputError(f"rounds = {self.rounds!r}; expected a positive number of passes")
+
+    @property
+    def passes(self) -> int:
+        """``rounds``, at most one pass per timed run."""
+        return min(self.rounds, self.runs)
+
+    def runs_in_round(self, round_index: int) -> int:
+        """Timed calls of pass ``round_index``: ``runs`` split as evenly as possible."""
+        return self.runs // self.passes + (round_index < self.runs % self.passes)
 
 
 @dataclass(frozen=True)
@@ -74,10 +90,14 @@ def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_cou
     return samples
 
 
-def measure(run: Runner, protocol: Protocol) -> Timing:
-    """Warm up, then time ``protocol.runs`` calls."""
-    time_calls(run, protocol.warmup)
-    return Timing.from_samples(time_calls(run, protocol.runs))
+def measure_interleaved(runners: Sequence[Runner], protocol: Protocol) -> list[Timing]:
+    """Time every runner by ``protocol`` (interleaved passes); one Timing per runner."""
+    samples: list[list[np.ndarray]] = [[] for _ in runners]
+    for round_index in range(protocol.passes):
+        for index, run in enumerate(runners):
+            time_calls(run, protocol.warmup)
+            samples[index].append(time_calls(run, protocol.runs_in_round(round_index)))
+    return [Timing.from_samples(np.concatenate(pieces)) for pieces in samples]
 
 
 @contextlib.contextmanager
@@ -132,9 +152,10 @@ class Backend:
         feed = {session.get_inputs()[0].name: example.numpy()}
         return lambda: session.run(None, feed)
 
-    def measure(self, module: nn.Module, input_shape: tuple[int, ...], protocol: Protocol) -> Timing:
+    def measure(self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], protocol: Protocol) -> list[Timing]:
+        """Time (module, input shape) pairs together, interleaved by ``protocol``."""
         with self.session():
-            return measure(self.runner(module, input_shape), protocol)
+            return measure_interleaved([self.runner(module, shape) for module, shape in modules], protocol)
 
     def context(self) -> dict[str, object]:
         """What a measurement depends on, stored with every row of the table."""

@@ -1,9 +1,9 @@
 """Calibration and validation against measured whole networks.
 
 Whole random networks of the table's space, stratified by size (MACs), are measured
-on the table's backend with the table's thread count. Measurements are interleaved:
-``rounds`` passes over all networks, each taking its share of the timed runs, so a
-burst of load on a shared machine spreads over every network instead of spoiling one.
+on the table's backend with the table's thread count, all interleaved by the protocol
+(passes over all networks, each taking its share of the timed runs), so a burst of load
+on a shared machine spreads over every network instead of spoiling one.
 ``measured = a * sum_of_blocks + b`` is fitted (least squares) on ``fit_samples``
 networks spread evenly over the size range; the accuracy is reported on the held-out
 rest, for the raw sums and for the calibrated predictions.
@@ -23,7 +23,7 @@ import pandas as pd
 from search_spaces import InvalidInputError, SearchSpace, SubnetConfig, get_space, network_costs
 from search_spaces.io import atomic_path
 
-from latency_lut.profiling import Backend, Protocol, Runner, Timing, time_calls
+from latency_lut.profiling import Backend, Protocol, Timing
 from latency_lut.table import Calibration, LatencyTable
 
 #: random configs drawn per stratum: the stratified sample picks one of them per size bin
@@ -109,33 +109,20 @@ def split_fit_holdout(configs: list[SubnetConfig], fit_count: int) -> tuple[list
     return fit, [i for i in range(len(configs)) if i not in set(fit)]
 
 
-def measure_networks(configs: list[SubnetConfig], backend: Backend, protocol: Protocol, rounds: int = 3,
+def measure_networks(configs: list[SubnetConfig], backend: Backend, protocol: Protocol,
                      progress: bool = True) -> list[Timing]:
-    """Each config's whole network on ``backend``, interleaved over ``rounds`` passes."""
+    """Each config's whole network on ``backend``, all interleaved by ``protocol``."""
     from tqdm.auto import tqdm
 
     from search_spaces.model import build_model
 
-    if rounds < 1:
-        raise InvalidInputError(f"rounds = {rounds!r}; expected at least 1 pass over the networks")
-    runs_per_round = max(1, math.ceil(protocol.runs / rounds))
-    with backend.session():
-        runners: list[Runner] = []
-        for config in tqdm(configs, desc="building networks", disable=not progress, leave=False):
-            runners.append(backend.runner(build_model(config), (1, 3, config.resolution, config.resolution)))
-        samples: list[list[np.ndarray]] = [[] for _ in configs]
-        with tqdm(total=rounds * len(configs), desc="measuring networks", disable=not progress,
-                  leave=False) as bar:
-            for _ in range(rounds):
-                for index, run in enumerate(runners):
-                    time_calls(run, protocol.warmup)  # re-warm caches after the other networks ran
-                    samples[index].append(time_calls(run, runs_per_round))
-                    bar.update(1)
-    return [Timing.from_samples(np.concatenate(pieces)) for pieces in samples]
+    networks = [(build_model(config), (1, 3, config.resolution, config.resolution))
+                for config in tqdm(configs, desc="building networks", disable=not progress, leave=False)]
+    return backend.measure(networks, protocol)
 
 
 def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, fit_samples: int = 20,
-                   protocol: Protocol = Protocol(), rounds: int = 3, progress: bool = True) -> ValidationReport:
+                   protocol: Protocol = Protocol(), progress: bool = True) -> ValidationReport:
     """Measure ``fit_samples + samples`` stratified networks, fit on the first, report on the rest."""
     if table.backend == "coreml":
         raise InvalidInputError("a Core ML table cannot be validated on this machine (Core ML runs on Apple "
@@ -146,7 +133,7 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, fit_sa
     configs = stratified_configs(table.space, samples + fit_samples, seed)
     raw = [table.raw_sum_ms(config) for config in configs]  # fails early on a block missing from the table
     backend = Backend(table.backend, table.threads or 1)
-    timings = measure_networks(configs, backend, protocol, rounds, progress)
+    timings = measure_networks(configs, backend, protocol, progress)
     measured = np.array([t.median_ms for t in timings])
     fit, holdout = split_fit_holdout(configs, fit_samples)
     calibration = fit_calibration(np.take(raw, fit), measured[fit])

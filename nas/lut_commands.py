@@ -21,10 +21,10 @@ def cmd_build_lut(args: argparse.Namespace) -> None:
 
     backend = Backend(args.backend, args.threads)
     started = time.perf_counter()
-    table = build_table(space, backend, args.out, Protocol(runs=args.runs, warmup=args.warmup),
-                        progress=not args.quiet)
+    protocol = Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds)
+    table = build_table(space, backend, args.out, protocol, progress=not args.quiet)
     print(f"{args.out}: {len(table.frame)} blocks of {space.name} on {backend.name} ({backend.threads} thread(s), "
-          f"{args.runs} runs) in {time.perf_counter() - started:.1f} s")
+          f"{args.runs} runs in {protocol.passes} passes) in {time.perf_counter() - started:.1f} s")
     print(f"mobilenetv2_100 (MES latency unit): {table.reference_latency_ms:.3f} ms")
 
 
@@ -59,7 +59,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
     from latency_lut import Protocol, validate_table, write_report
 
     report = validate_table(table, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples,
-                            protocol=Protocol(runs=args.runs, warmup=args.warmup), rounds=args.rounds,
+                            protocol=Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds),
                             progress=not args.quiet)
     path = Path(args.file)
     out_dir = Path(args.out_dir) if args.out_dir else path.parent
@@ -110,7 +110,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="table file (.parquet or .csv); an existing one is resumed")
     p.add_argument("--threads", type=_positive, default=1, help="intra-op threads (default 1)")
     p.add_argument("--runs", type=_positive, default=100, help="timed runs per block (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs before timing (default 10)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per block and pass (default 10)")
+    p.add_argument("--rounds", type=_positive, default=5,
+                   help="interleaved passes over each chunk of blocks (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_build_lut)
 
@@ -125,9 +127,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=50, help="held-out random networks (default 50)")
     p.add_argument("--fit-samples", type=int, default=20, help="networks the calibration is fitted on (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", type=_positive, default=60, help="timed runs per network (default 60)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per network and round (default 5)")
-    p.add_argument("--rounds", type=_positive, default=3, help="interleaved passes over the networks (default 3)")
+    p.add_argument("--runs", type=_positive, default=100, help="timed runs per network (default 100)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per network and pass (default 3)")
+    p.add_argument("--rounds", type=_positive, default=10, help="interleaved passes over the networks (default 10)")
     p.add_argument("--out-dir", help="where the CSV and PNG go (default: beside the table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_lut_validate)

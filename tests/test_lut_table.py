@@ -58,7 +58,7 @@ def test_interrupted_build_keeps_its_blocks_and_resumes(tmp_path):
             raise KeyboardInterrupt  # as a user's Ctrl-C
 
     with pytest.raises(KeyboardInterrupt):
-        build_table(SPACE, Backend("torch-cpu", 1), out, FAST, checkpoint_every=3, progress=False,
+        build_table(SPACE, Backend("torch-cpu", 1), out, FAST, chunk_size=3, progress=False,
                     on_measured=stop_after_seven)
     assert LatencyTable.load(out).keys == set(first)
     second: list[str] = []
@@ -79,6 +79,21 @@ def test_resume_refuses_another_backend_or_thread_count(cpu_table):
         Backend("tpu")
     with pytest.raises(InvalidInputError, match="runs = 1"):
         Protocol(runs=1)
+    with pytest.raises(InvalidInputError, match="rounds = 0"):
+        Protocol(rounds=0)
+
+
+def test_protocol_splits_the_runs_over_interleaved_passes():
+    from latency_lut.profiling import measure_interleaved
+
+    protocol = Protocol(runs=10, warmup=2, rounds=3)
+    assert [protocol.runs_in_round(i) for i in range(protocol.passes)] == [4, 3, 3]
+    assert Protocol(runs=3, rounds=5).passes == 3
+    calls: list[str] = []
+    timings = measure_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], protocol)
+    assert [t.runs for t in timings] == [10, 10]
+    # pass by pass: a's warm-up and timed calls, then b's, three times over
+    assert "".join(calls) == "a" * 6 + "b" * 6 + ("a" * 5 + "b" * 5) * 2
 
 
 def test_predict_sums_the_blocks_then_calibrates(cpu_table):
@@ -149,7 +164,7 @@ def test_onnxruntime_backend_runs_the_exported_block():
     (output,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(output, module(example).numpy(), rtol=1e-3, atol=1e-4)
-    timing = Backend("onnxruntime", 1).measure(module, part_input_shape(part), FAST)
+    (timing,) = Backend("onnxruntime", 1).measure([(module, part_input_shape(part))], FAST)
     assert timing.runs == 5 and 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms
 
 
@@ -205,8 +220,8 @@ def test_stratified_configs_span_the_size_range():
 
 
 def test_validation_fits_on_some_and_reports_on_the_rest(cpu_table, tmp_path):
-    report = validate_table(cpu_table, samples=5, seed=0, fit_samples=3, protocol=Protocol(runs=4, warmup=1),
-                            rounds=2, progress=False)
+    report = validate_table(cpu_table, samples=5, seed=0, fit_samples=3,
+                            protocol=Protocol(runs=4, warmup=1, rounds=2), progress=False)
     frame = report.frame
     assert list(frame["split"]).count("fit") == 3 and list(frame["split"]).count("holdout") == 5
     assert (frame["runs"] == 4).all() and (frame["measured_ms"] > 0).all()
