@@ -47,8 +47,9 @@ def build_table(space: Union[str, SearchSpace], backend: Backend, out: Union[str
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             timings = backend.measure([(build_part_module(p), part_input_shape(p)) for p in chunk], protocol)
+            context = backend.context()
             for part, timing in zip(chunk, timings):
-                rows.append(part_row(part) | _timing_columns(timing) | backend.context())
+                rows.append(part_row(part) | _timing_columns(timing) | context)
                 _after_measure(part.key, timing, bar, on_measured)
             table, rows = table.with_rows(rows), []
             table.save(out)
@@ -60,7 +61,7 @@ def build_table(space: Union[str, SearchSpace], backend: Backend, out: Union[str
     finally:
         # keep what was measured, whatever stopped the build
         bar.close()
-        if rows or not out.exists():
+        if rows:
             table = table.with_rows(rows)
             table.save(out)
     return table

@@ -20,7 +20,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,13 +90,17 @@ def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_cou
     return samples
 
 
-def measure_interleaved(runners: Sequence[Runner], protocol: Protocol) -> list[Timing]:
-    """Time every runner by ``protocol`` (interleaved passes); one Timing per runner."""
+def measure_interleaved(runners: Sequence[Runner], protocol: Protocol,
+                        on_pass: Optional[Callable[[], None]] = None) -> list[Timing]:
+    """Time every runner by ``protocol`` (interleaved passes); one Timing per runner.
+    ``on_pass`` is called after each pass (progress bars)."""
     samples: list[list[np.ndarray]] = [[] for _ in runners]
     for round_index in range(protocol.passes):
         for index, run in enumerate(runners):
             time_calls(run, protocol.warmup)
             samples[index].append(time_calls(run, protocol.runs_in_round(round_index)))
+        if on_pass is not None:
+            on_pass()
     return [Timing.from_samples(np.concatenate(pieces)) for pieces in samples]
 
 
@@ -152,10 +156,12 @@ class Backend:
         feed = {session.get_inputs()[0].name: example.numpy()}
         return lambda: session.run(None, feed)
 
-    def measure(self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], protocol: Protocol) -> list[Timing]:
+    def measure(self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], protocol: Protocol,
+                on_pass: Optional[Callable[[], None]] = None) -> list[Timing]:
         """Time (module, input shape) pairs together, interleaved by ``protocol``."""
         with self.session():
-            return measure_interleaved([self.runner(module, shape) for module, shape in modules], protocol)
+            runners = [self.runner(module, shape) for module, shape in modules]
+            return measure_interleaved(runners, protocol, on_pass)
 
     def context(self) -> dict[str, object]:
         """What a measurement depends on, stored with every row of the table."""

@@ -118,7 +118,9 @@ def measure_networks(configs: list[SubnetConfig], backend: Backend, protocol: Pr
 
     networks = [(build_model(config), (1, 3, config.resolution, config.resolution))
                 for config in tqdm(configs, desc="building networks", disable=not progress, leave=False)]
-    return backend.measure(networks, protocol)
+    with tqdm(total=protocol.passes, desc=f"measuring {len(configs)} networks", unit="pass",
+              disable=not progress, leave=False) as bar:
+        return backend.measure(networks, protocol, on_pass=bar.update)
 
 
 def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, fit_samples: int = 20,
