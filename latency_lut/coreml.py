@@ -1,0 +1,208 @@
+"""The Core ML round trip: export blocks on Linux, measure on a Mac, import the results.
+
+1. :func:`export_coreml` converts every block of a space (and the reference
+   ``mobilenetv2_100``) to an ``.mlpackage`` (ML program, iOS 16 target) under
+   ``DIR/blocks/`` and writes ``DIR/manifest.csv`` (space, key, kind, file, input name
+   and shape, output shape, SHA-256 of the package). Interrupted exports resume.
+2. ``latency_lut/coreml_measure.py`` (standalone) measures them on a Mac.
+3. :func:`import_measurements` checks the results against the manifest and writes a
+   table of backend ``coreml``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import pandas as pd
+import torch
+from torch import nn
+
+from search_spaces import InvalidInputError, Part, SearchSpace, get_space
+from search_spaces.io import atomic_path
+
+from latency_lut.blocks import build_part_module, part_input_shape, space_parts
+from latency_lut.coreml_measure import MANIFEST_COLUMNS, RESULT_COLUMNS, UNIT, package_sha256, read_manifest
+from latency_lut.profiling import reference_model
+from latency_lut.table import REFERENCE_KIND, LatencyTable, is_finite_positive, part_row, reference_key, reference_row
+
+INPUT_NAME = "x"
+#: SPEC section 7: 200+ timed calls per package
+MIN_RUNS = 200
+
+
+def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], parts: Optional[Sequence[Part]] = None,
+                  include_reference: bool = True, progress: bool = True) -> Path:
+    """Export ``parts`` (default: every block of ``space``) as ``.mlpackage`` files; returns the manifest.
+
+    Packages already in ``out_dir``'s manifest with their recorded hash are kept.
+    """
+    from tqdm.auto import tqdm
+
+    space = get_space(space)
+    out_dir = Path(out_dir)
+    manifest = out_dir / "manifest.csv"
+    done = _existing_entries(manifest, out_dir, space.name)
+    # (key, kind, the block or None for the reference network, input shape)
+    todo: list[tuple[str, str, Optional[Part], tuple]] = [
+        (part.key, part.kind, part, part_input_shape(part))
+        for part in (parts if parts is not None else space_parts(space)) if part.key not in done]
+    reference = reference_key(space.resolution)
+    if include_reference and reference not in done:
+        todo.append((reference, REFERENCE_KIND, None, (1, 3, space.resolution, space.resolution)))
+    try:
+        for key, kind, part, shape in tqdm(todo, desc=f"Core ML export of {space.name}", unit="block",
+                                           disable=not progress, leave=False):
+            module = reference_model() if part is None else build_part_module(part)
+            done[key] = _export_one(space.name, key, kind, module, shape, out_dir)
+    finally:
+        _write_manifest(manifest, done.values())  # keep what was exported, whatever stopped the export
+    return manifest
+
+
+def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple, out_dir: Path) -> dict:
+    import coremltools as ct
+
+    example = torch.randn(*shape)
+    # coremltools draws several progress bars and warnings per conversion (hundreds per space), and
+    # torch flags jit.trace as deprecated: the traced path is the one coremltools converts best
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        traced = torch.jit.trace(module.eval(), example)
+        output_shape = tuple(module(example).shape)
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
+                             convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
+    relative = Path("blocks") / f"{key}.mlpackage"
+    target = out_dir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # an .mlpackage is a folder: save beside it, then rename, so no half-written package remains
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    try:
+        mlmodel.save(str(staging / "model.mlpackage"))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging / "model.mlpackage", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"space": space, "key": key, "kind": kind, "file": relative.as_posix(), "input_name": INPUT_NAME,
+            "input_shape": "x".join(map(str, shape)), "output_shape": "x".join(map(str, output_shape)),
+            "sha256": package_sha256(target)}
+
+
+def _existing_entries(manifest: Path, out_dir: Path, space: str) -> dict[str, dict]:
+    """Manifest rows of an earlier export whose package is still there, unchanged."""
+    if not manifest.exists():
+        return {}
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    spaces = {row.get("space") for row in rows}
+    if rows and spaces != {space}:
+        raise InvalidInputError(f"{str(manifest)!r} holds an export of space(s) {sorted(map(str, spaces))}; "
+                                f"expected {space!r} (choose another --out)")
+    return {row["key"]: row for row in rows
+            if (out_dir / row["file"]).exists() and package_sha256(out_dir / row["file"]) == row["sha256"]}
+
+
+def _write_manifest(manifest: Path, rows) -> None:
+    with atomic_path(manifest) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+# -- import ------------------------------------------------------------------------------------
+
+def import_measurements(manifest: Union[str, Path], measurements: Union[str, Path], out: Union[str, Path],
+                        min_runs: int = MIN_RUNS) -> LatencyTable:
+    """A ``coreml`` latency table from the Mac's results CSV, checked against the export's manifest.
+
+    Refused, each with its own message: a missing file or column, a key not in the
+    manifest, a package hash different from the exported one, a unit other than ms, fewer
+    than ``min_runs`` timed runs, a latency that is not a positive number, a key twice.
+    """
+    manifest, measurements = Path(manifest), Path(measurements)
+    entries = _read_manifest_checked(manifest)
+    space = get_space(_manifest_space(manifest))
+    results = _read_results(measurements)
+    parts = {part.key: part for part in space_parts(space)}
+    rows = []
+    for line, result in enumerate(results.to_dict("records"), start=2):
+        where = f"{measurements}, line {line}"
+        key = str(result["key"])
+        entry = entries.get(key)
+        if entry is None:
+            raise InvalidInputError(f"{where}: unknown block key {key!r}; expected a key of the manifest "
+                                    f"{str(manifest)!r} (were these results measured on another export?)")
+        if str(result["sha256"]) != entry.sha256:
+            raise InvalidInputError(f"{where}: hash mismatch for {key!r}: the measured package has SHA-256 "
+                                    f"{str(result['sha256'])[:12]}..., the manifest {entry.sha256[:12]}...; "
+                                    "expected results of this very export (measure the packages of this manifest)")
+        if str(result["unit"]) != UNIT:
+            raise InvalidInputError(f"{where}: unit {result['unit']!r} for {key!r}; expected {UNIT!r} "
+                                    "(coreml_measure.py writes milliseconds)")
+        runs = pd.to_numeric(result["runs"], errors="coerce")
+        if pd.isna(runs) or runs < min_runs:
+            raise InvalidInputError(f"{where}: {result['runs']!r} timed runs for {key!r}; expected at least "
+                                    f"{min_runs} (SPEC section 7: 200+ timed calls)")
+        for column in ("latency_median", "latency_p10", "latency_p90"):
+            if not is_finite_positive(result[column]):
+                raise InvalidInputError(f"{where}: {column} {result[column]!r} for {key!r}; expected a "
+                                        "positive number of milliseconds")
+        identity = reference_row(space.resolution) if entry.kind == REFERENCE_KIND else part_row(parts[key])
+        rows.append(identity | {
+            "latency_ms": float(result["latency_median"]), "p10_ms": float(result["latency_p10"]),
+            "p90_ms": float(result["latency_p90"]), "runs": int(runs), "backend": "coreml",
+            "device": f"{result['device']}; {result['os']}; compute units {result['compute_units']}",
+            "threads": 0, "versions": f"coremltools {result['coremltools']}",
+            "measured_at": str(result["measured_at"])})
+    table = LatencyTable.from_rows(rows, space.name, "coreml", 0, source=Path(out))
+    table.save(out)
+    return table
+
+
+def _read_manifest_checked(manifest: Path) -> dict:
+    if not manifest.is_file():
+        raise InvalidInputError(f"manifest {str(manifest)!r} does not exist; expected DIR/manifest.csv written "
+                                "by nas lut export-coreml")
+    try:
+        entries = read_manifest(manifest)
+    except (ValueError, KeyError) as error:
+        raise InvalidInputError(f"manifest {str(manifest)!r}: {error}") from None
+    return {entry.key: entry for entry in entries}
+
+
+def _manifest_space(manifest: Path) -> str:
+    with open(manifest, newline="") as handle:
+        spaces = {row["space"] for row in csv.DictReader(handle)}
+    if len(spaces) != 1:
+        raise InvalidInputError(f"manifest {str(manifest)!r} names space(s) {sorted(spaces)}; expected exactly one")
+    return spaces.pop()
+
+
+def _read_results(measurements: Path) -> pd.DataFrame:
+    if not measurements.is_file():
+        raise InvalidInputError(f"measurements {str(measurements)!r} do not exist; expected the CSV written by "
+                                "coreml_measure.py on the Mac")
+    try:
+        results = pd.read_csv(measurements, dtype={"key": str, "sha256": str, "unit": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"measurements {str(measurements)!r} are not a CSV file ({error})") from None
+    missing = [column for column in RESULT_COLUMNS if column not in results.columns]
+    if missing:
+        raise InvalidInputError(f"measurements {str(measurements)!r} lack column(s) {', '.join(missing)}; "
+                                f"expected {', '.join(RESULT_COLUMNS)} (as coreml_measure.py writes them)")
+    if results.empty:
+        raise InvalidInputError(f"measurements {str(measurements)!r} hold no rows; expected one per measured block")
+    duplicated = results["key"][results["key"].duplicated()].tolist()
+    if duplicated:
+        raise InvalidInputError(f"measurements {str(measurements)!r} hold block {duplicated[0]!r} twice; "
+                                "expected one row per block")
+    return results

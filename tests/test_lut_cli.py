@@ -1,0 +1,109 @@
+"""``nas build-lut`` and ``nas lut ...`` as users type them (subprocesses of the real entry point)."""
+import csv
+
+import pandas as pd
+import pytest
+
+from latency_lut import LatencyTable, space_parts
+from latency_lut import coreml_measure as script
+
+SPACE = "efficientformerv2-tiny@32"
+
+
+def _assert_clean_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from conftest import run_nas
+
+    out = tmp_path_factory.mktemp("cli") / "tiny.parquet"
+    result = run_nas("build-lut", "--space", SPACE, "--backend", "torch-cpu", "--out", out, "--runs", "5",
+                     "--warmup", "1", "--quiet")
+    return out, result
+
+
+def test_build_lut_then_show(built, nas_cli):
+    out, result = built
+    assert result.returncode == 0, result.stderr
+    assert f"{len(space_parts(SPACE)) + 1} blocks of {SPACE} on torch-cpu" in result.stdout
+    assert "mobilenetv2_100 (MES latency unit)" in result.stdout
+    table = LatencyTable.load(out)
+    assert len(table.frame) == len(space_parts(SPACE)) + 1 and (table.frame["runs"] == 5).all()
+    shown = nas_cli("lut", "show", out)
+    assert shown.returncode == 0, shown.stderr
+    assert f"space        {SPACE}" in shown.stdout and "calibration  none" in shown.stdout
+    for kind in ("stem", "ffn", "mhsa", "downsample", "attn_downsample", "head", "reference"):
+        assert any(line.split()[:1] == [kind] for line in shown.stdout.splitlines()), kind
+
+
+def test_validate_stores_the_calibration(built, nas_cli, tmp_path):
+    out, _ = built
+    result = nas_cli("lut", "validate", out, "--samples", "4", "--fit-samples", "3", "--seed", "0", "--runs", "4",
+                     "--warmup", "1", "--rounds", "2", "--out-dir", tmp_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "held-out networks: 4" in result.stdout and "calibrated" in result.stdout
+    report = pd.read_csv(tmp_path / "tiny-validation.csv")
+    assert sorted(report["split"]) == ["fit"] * 3 + ["holdout"] * 4
+    assert (tmp_path / "tiny-validation.png").stat().st_size > 1000
+    calibration = LatencyTable.load(out).calibration
+    assert calibration is not None and calibration.networks == 3
+    assert f"calibration  measured = {calibration.a:.4f} * sum_of_blocks" in nas_cli("lut", "show", out).stdout
+
+
+def test_import_through_the_command_line(nas_cli, tmp_path):
+    from latency_lut import export_coreml
+
+    part = [p for p in space_parts(SPACE) if p.kind == "ffn"][0]
+    manifest = export_coreml(SPACE, tmp_path / "export", parts=[part], include_reference=False, progress=False)
+    (entry,) = script.read_manifest(manifest)
+    measurements = tmp_path / "measurements.csv"
+    env = {"device": "iPhone13,2", "os": "iOS 17.5", "coremltools": "9.0"}
+    sha256 = script.package_sha256(manifest.parent / entry.file)
+    script.append_results([script.result_row(entry, sha256, [1.0, 1.1, 1.2] * 70, 30, "ALL", env)], measurements)
+    out = tmp_path / "coreml.parquet"
+    result = nas_cli("lut", "import", "--manifest", manifest, "--measurements", measurements, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert LatencyTable.load(out).keys == {part.key}
+    # a results file of another export: refused, nothing written
+    rows = list(csv.DictReader(open(measurements)))
+    rows[0]["sha256"] = "f" * 64
+    other = tmp_path / "other.csv"
+    script.append_results(rows, other)
+    refused_out = tmp_path / "refused.parquet"
+    _assert_clean_error(nas_cli("lut", "import", "--manifest", manifest, "--measurements", other, "--out",
+                                refused_out), "hash mismatch")
+    assert not refused_out.exists()
+
+
+def test_bad_input_exits_2_without_traceback_or_files(nas_cli, tmp_path):
+    out = tmp_path / "t.parquet"
+    _assert_clean_error(nas_cli("build-lut", "--space", "resnet", "--out", out), "unknown search space 'resnet'")
+    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--backend", "tpu", "--out", out),
+                        "unknown backend 'tpu'")
+    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--out", tmp_path / "t.xlsx"),
+                        "expected a .parquet (or .csv) file name")
+    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--out", out, "--runs", "0"), "--runs")
+    assert not list(tmp_path.iterdir())
+    _assert_clean_error(nas_cli("lut", "show", tmp_path / "missing.parquet"), "does not exist")
+    not_a_table = tmp_path / "plain.csv"
+    not_a_table.write_text("a,b\n1,2\n")
+    _assert_clean_error(nas_cli("lut", "validate", not_a_table, "--samples", "3"), "is not a latency table")
+    _assert_clean_error(nas_cli("lut", "import", "--manifest", tmp_path / "m.csv", "--measurements",
+                                tmp_path / "r.csv", "--out", tmp_path / "x.parquet"), "does not exist")
+    _assert_clean_error(nas_cli("lut", "export-coreml", "--space", "nope", "--out", tmp_path / "e"),
+                        "unknown search space 'nope'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv"]
+
+
+@pytest.mark.slow
+def test_export_coreml_of_a_whole_space(nas_cli, tmp_path):
+    result = nas_cli("lut", "export-coreml", "--space", SPACE, "--out", tmp_path, "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
+    assert {row["key"] for row in rows} == {p.key for p in space_parts(SPACE)} | {"mobilenetv2_100_r32"}
+    assert all((tmp_path / row["file"]).is_dir() for row in rows)
