@@ -6,8 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Tests measure real components on 2 cores; keep torch from oversubscribing them.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One intra-op thread per test process (subprocesses inherit it): on a shared 2-core machine two
+# spinning OpenMP threads per process slow small ops down by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def run_nas(*args: str, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
