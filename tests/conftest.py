@@ -21,6 +21,23 @@ def run_nas(*args: str, cwd=None, timeout=600, env=None) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def nas_main(*args: str) -> subprocess.CompletedProcess:
+    """The command line in this process (no interpreter start-up): same parser, handlers and
+    exit codes as the console script, for the many bad-input cases."""
+    import contextlib
+    import io
+
+    from nas.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["nas", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def nas_cli():
     return run_nas

@@ -1,6 +1,8 @@
 """The ``nas`` command line as users type it (subprocesses of the real entry point)."""
 import yaml
 
+from conftest import nas_main
+
 from search_spaces import PRESETS, get_space, parse_config_text
 
 
@@ -62,7 +64,9 @@ def _assert_clean_error(result, *fragments):
 
 
 def test_bad_input_exits_2_without_traceback(nas_cli, tmp_path):
+    # one through the real console entry point, the rest in-process (same parser and handlers)
     _assert_clean_error(nas_cli("space", "show", "--space", "resnet"), "unknown search space 'resnet'")
+    nas_cli = nas_main
     _assert_clean_error(nas_cli("model", "summary", "S9"), "'S9' is neither a preset")
     malformed = tmp_path / "bad.yaml"
     malformed.write_text("space: [efficientformerv2\n")

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import run_nas
+from conftest import nas_main, run_nas
 from latency_lut import LatencyTable
 from nas import store
 from nas.mes import MesSpec
@@ -105,8 +105,8 @@ def test_v1_moves_keep_expansions_and_pruning_decides_them(table, tiny_supernet_
     assert {b.expansion for s in pruned.stages for _, b in s.kept} != {4}
 
 
-def _search(tiny_supernet_run, tiny_lut, out, *extra):
-    return run_nas("search", "--supernet", tiny_supernet_run, "--lut", tiny_lut, "--out", out,
+def _search(tiny_supernet_run, tiny_lut, out, *extra, runner=run_nas):
+    return runner("search", "--supernet", tiny_supernet_run, "--lut", tiny_lut, "--out", out,
                    "--eval-images", "64", "--bn-batches", "1", "--quiet", *extra)
 
 
@@ -201,6 +201,10 @@ def _error(result):
 
 def test_bad_search_inputs_fail_before_any_work(tiny_supernet_run, tiny_lut, tmp_path):
     out = tmp_path / "out"
+
+    def _search(*args):  # in-process: the same parser and handlers, no interpreter start-up per case
+        return globals()["_search"](*args, runner=nas_main)
+
     assert "unreachable" in _error(_search(tiny_supernet_run, tiny_lut, out, "--params", "1K"))
     assert "--alpha-lat = 1.5 is outside [0, 1]" in _error(
         _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--alpha-lat", "1.5"))

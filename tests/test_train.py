@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_nas
+from conftest import ROOT, nas_main, run_nas
 from search_spaces import InvalidInputError
 from supernet.data import ResumableSampler, Splits
 from supernet.recipe import Recipe, load_recipe
@@ -142,6 +142,7 @@ def _error(result):
 
 
 def test_bad_inputs_leave_nothing_half_written(tmp_path):
+    run_nas = nas_main  # in-process: the same parser and handlers, no interpreter start-up per case
     base = load_recipe("fashion-mnist-tiny").to_dict()
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(dict(base, learning_rate=0.1)))
