@@ -24,8 +24,7 @@ data:
 
 demo: install
 	$(BIN)/nas space presets
-	$(BIN)/nas space show --space efficientformerv2-tiny
-	$(BIN)/nas model summary S0
+	BIN=$(BIN) sh scripts/demo.sh
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -32,7 +32,6 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from search_spaces import (
@@ -140,7 +139,6 @@ class Evaluator:
         self.objectives, self.study, self.algorithm = objectives, study, algorithm
         self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
         self.evaluations = 0  # new evaluations made by this process
-        self.reused = len(self.cache)
 
     def __call__(self, config: SubnetConfig) -> Metrics:
         metrics = self.cache.get(config.key)

@@ -6,7 +6,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from search_spaces import InvalidInputError, get_space, parse_latency_ms, parse_mes, parse_params
+from search_spaces import InvalidInputError, parse_latency_ms, parse_mes, parse_params
 
 
 def _budgets(args: argparse.Namespace, space):
