@@ -56,6 +56,8 @@ def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], par
 
     from search_spaces.model import build_model
 
+    if isinstance(networks, bool) or not isinstance(networks, int) or networks < 0:
+        raise InvalidInputError(f"networks = {networks!r}; expected a number of whole networks, 0 or more")
     space = get_space(space)
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"

@@ -123,8 +123,9 @@ def keep_freed_memory() -> bool:
     faults whose cost depends on what ran before (its threshold adapts to past frees).
     Here that made some stage-1 FFN blocks at 224 px 2-4x slower alone (``ffn_c40_r56_e4``:
     p10 9.8 ms, 2.3 ms with memory kept) and non-monotonic in their width. With both
-    thresholds high, blocks and networks reuse memory as a runtime with a memory plan does. A process-wide setting, applied only where torch measures; returns
-    whether it applied (glibc only).
+    thresholds high, blocks and networks reuse memory as a runtime with a memory plan does.
+    A process-wide setting, applied only where torch measures; returns whether it applied
+    (glibc only).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
