@@ -1,9 +1,10 @@
 """The Core ML round trip: export blocks on Linux, measure on a Mac, import the results.
 
 1. :func:`export_coreml` converts every block of a space (and the reference
-   ``mobilenetv2_100``) to an ``.mlpackage`` (ML program, iOS 16 target) under
-   ``DIR/blocks/`` and writes ``DIR/manifest.csv`` (space, key, kind, file, input name
-   and shape, output shape, SHA-256 of the package). Interrupted exports resume.
+   ``mobilenetv2_100``, and optionally whole networks for the calibration) to an
+   ``.mlpackage`` (ML program, iOS 16 target) under ``DIR/blocks/`` (``DIR/networks/``)
+   and writes ``DIR/manifest.csv`` (space, key, kind, file, input name and shape, output
+   shape, SHA-256 of the package). Interrupted exports resume.
 2. ``latency_lut/coreml_measure.py`` (standalone) measures them on a Mac.
 3. :func:`import_measurements` checks the results against the manifest and writes a
    table of backend ``coreml``.
@@ -18,49 +19,64 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from functools import partial
+from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
-from search_spaces import InvalidInputError, Part, SearchSpace, get_space
+from search_spaces import InvalidInputError, Part, SearchSpace, SubnetConfig, get_space
 from search_spaces.io import atomic_path
 
 from latency_lut.blocks import build_part_module, part_input_shape, space_parts
 from latency_lut.coreml_measure import MANIFEST_COLUMNS, RESULT_COLUMNS, UNIT, package_sha256, read_manifest
 from latency_lut.profiling import reference_model
 from latency_lut.table import REFERENCE_KIND, LatencyTable, is_finite_positive, part_row, reference_key, reference_row
+from latency_lut.validation import fit_calibration, stratified_configs
 
 INPUT_NAME = "x"
+#: manifest rows of whole networks (calibration), keyed by their config key
+NETWORK_KIND = "network"
 #: SPEC section 7: 200+ timed calls per package
 MIN_RUNS = 200
 
 
 def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], parts: Optional[Sequence[Part]] = None,
-                  include_reference: bool = True, progress: bool = True) -> Path:
+                  include_reference: bool = True, networks: int = 0, seed: int = 0,
+                  progress: bool = True) -> Path:
     """Export ``parts`` (default: every block of ``space``) as ``.mlpackage`` files; returns the manifest.
 
-    Packages already in ``out_dir``'s manifest with their recorded hash are kept.
+    ``networks`` whole networks (stratified by size, ``seed``) are exported too, as rows of
+    kind ``network`` keyed by their config key: measured on the device with the blocks,
+    they calibrate the imported table. Packages already in ``out_dir``'s manifest with
+    their recorded hash are kept.
     """
     from tqdm.auto import tqdm
 
+    from search_spaces.model import build_model
+
+    if isinstance(networks, bool) or not isinstance(networks, int) or networks < 0:
+        raise InvalidInputError(f"networks = {networks!r}; expected a number of whole networks, 0 or more")
     space = get_space(space)
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
     done = _existing_entries(manifest, out_dir, space.name)
-    # (key, kind, the block or None for the reference network, input shape)
-    todo: list[tuple[str, str, Optional[Part], tuple]] = [
-        (part.key, part.kind, part, part_input_shape(part))
-        for part in (parts if parts is not None else space_parts(space)) if part.key not in done]
-    reference = reference_key(space.resolution)
-    if include_reference and reference not in done:
-        todo.append((reference, REFERENCE_KIND, None, (1, 3, space.resolution, space.resolution)))
+    image = (1, 3, space.resolution, space.resolution)
+    # (key, kind, a function building the module, its input shape)
+    todo: list[tuple[str, str, Callable[[], nn.Module], tuple]] = [
+        (part.key, part.kind, partial(build_part_module, part), part_input_shape(part))
+        for part in (parts if parts is not None else space_parts(space))]
+    if include_reference:
+        todo.append((reference_key(space.resolution), REFERENCE_KIND, reference_model, image))
+    if networks:
+        todo += [(config.key, NETWORK_KIND, partial(build_model, config), image)
+                 for config in stratified_configs(space, networks, seed)]
+    todo = [item for item in todo if item[0] not in done]
     try:
-        for key, kind, part, shape in tqdm(todo, desc=f"Core ML export of {space.name}", unit="block",
-                                           disable=not progress, leave=False):
-            module = reference_model() if part is None else build_part_module(part)
-            done[key] = _export_one(space.name, key, kind, module, shape, out_dir)
+        for key, kind, build, shape in tqdm(todo, desc=f"Core ML export of {space.name}", unit="package",
+                                            disable=not progress, leave=False):
+            done[key] = _export_one(space.name, key, kind, build(), shape, out_dir)
     finally:
         _write_manifest(manifest, done.values())  # keep what was exported, whatever stopped the export
     return manifest
@@ -79,7 +95,7 @@ def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple
         output_shape = tuple(module(example).shape)
         mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
                              convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
-    relative = Path("blocks") / f"{key}.mlpackage"
+    relative = Path("networks" if kind == NETWORK_KIND else "blocks") / f"{key}.mlpackage"
     target = out_dir / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     # an .mlpackage is a folder: save beside it, then rename, so no half-written package remains
@@ -127,6 +143,9 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
     Refused, each with its own message: a missing file or column, a key not in the
     manifest, a package hash different from the exported one, a unit other than ms, fewer
     than ``min_runs`` timed runs, a latency that is not a positive number, a key twice.
+    Whole networks of the export (``networks=``), when at least 2 were measured, calibrate
+    the table: ``measured = a * sum_of_blocks + b`` fitted on them (every block they
+    contain must be measured too).
     """
     manifest, measurements = Path(manifest), Path(measurements)
     entries = _read_manifest_checked(manifest)
@@ -134,6 +153,7 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
     results = _read_results(measurements)
     parts = {part.key: part for part in space_parts(space)}
     rows = []
+    network_ms: dict[str, float] = {}  # whole networks measured on the device: the calibration
     for line, result in enumerate(results.to_dict("records"), start=2):
         where = f"{measurements}, line {line}"
         key = str(result["key"])
@@ -156,6 +176,12 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
             if not is_finite_positive(result[column]):
                 raise InvalidInputError(f"{where}: {column} {result[column]!r} for {key!r}; expected a "
                                         "positive number of milliseconds")
+        if entry.kind == NETWORK_KIND:
+            network_ms[key] = float(result["latency_median"])
+            continue
+        if entry.kind != REFERENCE_KIND and key not in parts:
+            raise InvalidInputError(f"{where}: {key!r} is not a block of space {space.name!r}; expected the "
+                                    "manifest of an export of that space")
         identity = reference_row(space.resolution) if entry.kind == REFERENCE_KIND else part_row(parts[key])
         rows.append(identity | {
             "latency_ms": float(result["latency_median"]), "p10_ms": float(result["latency_p10"]),
@@ -164,6 +190,9 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
             "threads": 0, "versions": f"coremltools {result['coremltools']}",
             "measured_at": str(result["measured_at"])})
     table = LatencyTable.from_rows(rows, space.name, "coreml", 0, source=Path(out))
+    if len(network_ms) >= 2:
+        raw = [table.raw_sum_ms(SubnetConfig.from_key(space.name, key)) for key in network_ms]
+        table = table.with_calibration(fit_calibration(raw, list(network_ms.values())))
     table.save(out)
     return table
 

@@ -115,6 +115,28 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of returning it to the system.
+
+    By default glibc serves allocations above 128 KB with fresh ``mmap`` pages and
+    returns them on free, so every call of a block with large activations pays page
+    faults whose cost depends on what ran before (its threshold adapts to past frees).
+    Here that made some stage-1 FFN blocks at 224 px 2-4x slower alone (``ffn_c40_r56_e4``:
+    p10 9.8 ms, 2.3 ms with memory kept) and non-monotonic in their width. With both
+    thresholds high, blocks and networks reuse memory as a runtime with a memory plan does.
+    A process-wide setting, applied only where torch measures; returns whether it applied
+    (glibc only).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    limit = 1 << 30
+    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
 @dataclass(frozen=True)
 class Backend:
     """A measuring backend: its name and thread count (``threads`` is CPU intra-op threads)."""
@@ -134,7 +156,10 @@ class Backend:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Where measurements run: torch's thread count fixed for the whole session."""
+        """Where measurements run: torch's thread count fixed for the whole session, freed
+        memory kept for reuse (torch backends; ONNX Runtime has its own arena)."""
+        if self.name != "onnxruntime":
+            keep_freed_memory()
         with torch_threads(self.threads), torch.no_grad():
             yield
 

@@ -78,7 +78,8 @@ def cmd_lut_export_coreml(args: argparse.Namespace) -> None:
     get_space(args.space)  # before torch loads
     from latency_lut import export_coreml
 
-    manifest = export_coreml(args.space, args.out, include_reference=True, progress=not args.quiet)
+    manifest = export_coreml(args.space, args.out, include_reference=True, networks=args.networks, seed=args.seed,
+                             progress=not args.quiet)
     print(f"wrote {manifest}; measure on a Mac with: python3 coreml_measure.py {manifest} --out measurements.csv "
           "(latency_lut/coreml_measure.py), then: nas lut import --manifest "
           f"{manifest} --measurements measurements.csv --out TABLE.parquet")
@@ -89,6 +90,9 @@ def cmd_lut_import(args: argparse.Namespace) -> None:
 
     table = import_measurements(args.manifest, args.measurements, args.out, min_runs=args.min_runs)
     print(f"{args.out}: {len(table.frame)} Core ML blocks of {table.space} imported")
+    c = table.calibration
+    print(f"calibration: measured = {c.a:.4f} * sum_of_blocks + {c.b:.4f} ms (fitted on {c.networks} measured "
+          "networks)" if c else "calibration: none (export with --networks N to calibrate on whole networks)")
 
 
 def _positive(text: str) -> int:
@@ -137,6 +141,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p = lut_commands.add_parser("export-coreml", help="every block of a space as .mlpackage + manifest.csv")
     p.add_argument("--space", required=True)
     p.add_argument("--out", required=True, help="folder for blocks/*.mlpackage and manifest.csv")
+    p.add_argument("--networks", type=int, default=0,
+                   help="also export N whole random networks (stratified by size) to calibrate on (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the networks (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_lut_export_coreml)
 

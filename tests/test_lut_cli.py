@@ -97,6 +97,8 @@ def test_bad_input_exits_2_without_traceback_or_files(nas_cli, tmp_path):
                                 tmp_path / "r.csv", "--out", tmp_path / "x.parquet"), "does not exist")
     _assert_clean_error(nas_cli("lut", "export-coreml", "--space", "nope", "--out", tmp_path / "e"),
                         "unknown search space 'nope'")
+    _assert_clean_error(nas_cli("lut", "export-coreml", "--space", SPACE, "--out", tmp_path / "e", "--networks", "-2"),
+                        "networks = -2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv"]
 
 

@@ -185,3 +185,38 @@ def test_script_is_standalone_and_needs_macos(tmp_path):
         refused = subprocess.run([sys.executable, "-I", str(copy), str(DATA / "manifest.csv"), "--out",
                                   str(tmp_path / "r.csv")], capture_output=True, text=True)
         assert refused.returncode == 2 and "macOS only" in refused.stderr
+
+
+@pytest.mark.slow
+def test_whole_networks_measured_on_the_device_calibrate_the_import(tmp_path):
+    from latency_lut import stratified_configs
+
+    configs = stratified_configs(SPACE, 2, seed=0)
+    parts = list({part: None for config in configs for part in network_parts(config)})
+    manifest = export_coreml(SPACE, tmp_path, parts=parts, include_reference=False, networks=2, seed=0,
+                             progress=False)
+    rows = list(csv.DictReader(open(manifest)))
+    networks = [row for row in rows if row["kind"] == "network"]
+    assert [row["key"] for row in networks] == [config.key for config in configs]
+    assert all(row["file"].startswith("networks/") and row["input_shape"] == "1x3x32x32" for row in networks)
+    # device results: blocks at made-up latencies; networks at 2 ms + 1.5 x their sum of blocks
+    def block_ms(key):
+        return 0.05 * (1 + len(key) % 5)
+
+    def network_ms(config):
+        return 2.0 + 1.5 * sum(block_ms(part.key) for part in network_parts(config))
+
+    by_key = {config.key: config for config in configs}
+    results = []
+    env = {"device": "Mac14,2 Apple M2", "os": "macOS 14.5", "coremltools": "9.0"}
+    for entry in script.read_manifest(manifest):
+        latency = network_ms(by_key[entry.key]) if entry.kind == "network" else block_ms(entry.key)
+        sha256 = script.package_sha256(manifest.parent / entry.file)
+        results.append(script.result_row(entry, sha256, [latency] * 200, 30, "ALL", env))
+    script.append_results(results, tmp_path / "results.csv")
+    table = import_measurements(manifest, tmp_path / "results.csv", tmp_path / "coreml.parquet")
+    assert "network" not in set(table.frame["kind"]) and len(table.frame) == len(parts)
+    assert table.calibration.networks == 2
+    assert table.calibration.a == pytest.approx(1.5) and table.calibration.b == pytest.approx(2.0)
+    assert LatencyTable.load(tmp_path / "coreml.parquet").predict(configs[1]) == pytest.approx(
+        network_ms(configs[1]))
