@@ -20,6 +20,7 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; the result gets the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
@@ -36,3 +37,9 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

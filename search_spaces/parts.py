@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from search_spaces.config import SubnetConfig
+from search_spaces.errors import InvalidInputError
 from search_spaces.space import AttentionSettings, SearchSpace, get_space
 
 #: a bilinear output element is a weighted sum of 4 inputs
@@ -156,7 +157,7 @@ def part_costs(part: Part) -> Costs:
             linear = Costs(params=c * part.num_classes + part.num_classes, macs=c * part.num_classes)
             costs = costs + linear + (linear if part.distillation else Costs())
         return costs
-    raise ValueError(f"unknown part kind {part.kind!r}; expected one of {PART_KINDS}")
+    raise InvalidInputError(f"unknown part kind {part.kind!r}; expected one of {', '.join(PART_KINDS)}")
 
 
 def _attention(c: int, r: int, a: AttentionSettings, stride: int) -> Costs:

@@ -105,3 +105,15 @@ def test_stage_helpers():
     stage = StageConfig(96, (BlockConfig(4), None, BlockConfig(3, True)))
     assert stage.depth == 2 and stage.num_mhsa == 1
     assert stage.kept == [(0, BlockConfig(4)), (2, BlockConfig(3, True))]
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = save_config(PRESETS["S0"], tmp_path / "s0.yaml")
+        assert path.stat().st_mode & 0o777 == 0o644
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    finally:
+        os.umask(mask)
