@@ -31,7 +31,7 @@ from torch import nn
 from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
 from search_spaces.io import atomic_path, atomic_write_text
 from supernet.data import ResumableSampler, Splits
-from supernet.evaluate import evaluate, evaluate_subnet
+from supernet.evaluate import evaluate, evaluate_subnet, flush_denormals
 from supernet.recipe import Recipe
 from supernet.supernet import Supernet
 
@@ -114,6 +114,8 @@ def start_runtime(threads: Optional[int]) -> Runtime:
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if device.type == "cpu":
+        flush_denormals()
     if threads:
         torch.set_num_threads(threads)
     elif world_size > 1 and device.type == "cpu":
@@ -410,6 +412,7 @@ def load_supernet(run_dir: Path, device: Optional[torch.device] = None) -> tuple
 def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", data_dir: Optional[str] = None,
                     bn_batches: Optional[int] = None, images: Optional[int] = None):
     """Top-1 and loss of ``config`` from a trained supernet, after BatchNorm recalibration."""
+    flush_denormals()
     supernet, recipe = load_supernet(run_dir)
     if config.space != supernet.space.name:
         raise InvalidInputError(f"the config belongs to space {config.space!r}; the supernet in "
