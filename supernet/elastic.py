@@ -218,15 +218,15 @@ class ElasticBlock(nn.Module):
     """timm ``EfficientFormerV2Block``: optional MHSA residual, then the FFN residual."""
 
     def __init__(self, channels: int, hidden: int, resolution: int, attention: Optional[AttentionSettings],
-                 stride: Optional[int], drop_path_rate: float = 0.0, layer_scale_init: float = 1e-5) -> None:
+                 stride: Optional[int], drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if attention is not None:
             self.token_mixer = ElasticAttention2d(channels, resolution, attention, stride)
-            self.ls1 = ElasticLayerScale(channels, layer_scale_init)
+            self.ls1 = ElasticLayerScale(channels)
         else:
             self.token_mixer = None
         self.mlp = ElasticMlp(channels, hidden)
-        self.ls2 = ElasticLayerScale(channels, layer_scale_init)
+        self.ls2 = ElasticLayerScale(channels)
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, expansion: int, mhsa: bool) -> torch.Tensor:

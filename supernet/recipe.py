@@ -54,6 +54,7 @@ class Recipe:
     cutmix: float = 1.0
     smoothing: float = 0.1
     drop_path: float = 0.0
+    layer_scale_init: float = 1e-5  # timm's and the paper's initial LayerScale
     interpolation: str = "bicubic"
     crop_pct: float = 0.95
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -47,10 +47,11 @@ class Supernet(nn.Module):
         num_classes: classifier outputs (default: the space's).
         drop_path_rate: the largest drop-path rate, reached by the last supernet block
             (rates grow linearly with the global block index, as in timm).
+        layer_scale_init: initial LayerScale value (timm's and the paper's: 1e-5).
     """
 
     def __init__(self, space: Union[str, SearchSpace], num_classes: Optional[int] = None,
-                 drop_path_rate: float = 0.0) -> None:
+                 drop_path_rate: float = 0.0, layer_scale_init: float = 1e-5) -> None:
         super().__init__()
         self.space = get_space(space)
         self.num_classes = self.space.num_classes if num_classes is None else num_classes
@@ -65,11 +66,12 @@ class Supernet(nn.Module):
         self.norm = nn.BatchNorm2d(in_channels)
         self.head = nn.Linear(in_channels, self.num_classes)
         self.head_dist = nn.Linear(in_channels, self.num_classes)
-        self._init_from_timm()
+        self._init_from_timm(layer_scale_init)
 
-    def _init_from_timm(self) -> None:
+    def _init_from_timm(self, layer_scale_init: float) -> None:
         """Start from timm's initialisation of the largest network (same keys and shapes)."""
-        reference = build_model(self.space.largest(), num_classes=self.num_classes)
+        reference = build_model(self.space.largest(), num_classes=self.num_classes,
+                                layer_scale_init_value=layer_scale_init)
         self.load_state_dict(reference.state_dict())
 
     def forward(self, images: torch.Tensor, config: SubnetConfig) -> torch.Tensor:

@@ -221,23 +221,18 @@ def _prepare_run_dir(out: Path, resume: bool) -> Optional[dict[str, Any]]:
 
 
 def train_supernet(recipe: Recipe, out: Path, resume: bool = False, epochs: Optional[int] = None,
-                   data_dir: Optional[str] = None, download: bool = False, progress: bool = True,
-                   stop_after_steps: Optional[int] = None) -> TrainResult:
-    """Train (or resume training) the supernet of ``recipe.space`` into run folder ``out``.
-
-    ``stop_after_steps`` ends the call after that many optimizer steps of this call
-    (the run stays resumable): for tests and time-boxed work.
-    """
+                   data_dir: Optional[str] = None, download: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume training) the supernet of ``recipe.space`` into run folder ``out``."""
     out = Path(out)
     runtime = start_runtime(recipe.threads)
     try:
-        return _train(recipe, out, resume, epochs, data_dir, download, progress, stop_after_steps, runtime)
+        return _train(recipe, out, resume, epochs, data_dir, download, progress, runtime)
     finally:
         stop_runtime(runtime)
 
 
 def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_dir: Optional[str],
-           download: bool, progress: bool, stop_after_steps: Optional[int], runtime: Runtime) -> TrainResult:
+           download: bool, progress: bool, runtime: Runtime) -> TrainResult:
     started = time.perf_counter()
     checkpoint = _prepare_run_dir(out, resume)
     if checkpoint is not None:
@@ -261,7 +256,8 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                                          pin_memory=runtime.device.type == "cuda",
                                          persistent_workers=recipe.num_workers > 0)
     num_classes = splits.num_classes
-    supernet = Supernet(space, num_classes=num_classes, drop_path_rate=recipe.drop_path).to(runtime.device)
+    supernet = Supernet(space, num_classes=num_classes, drop_path_rate=recipe.drop_path,
+                        layer_scale_init=recipe.layer_scale_init).to(runtime.device)
     model: nn.Module = supernet
     if runtime.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -313,7 +309,6 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                 "global_step": global_step, "rng": states, "metrics": metrics, "finished": finished})
         runtime.barrier()
 
-    steps_this_call = 0
     bar = None
     while epoch < recipe.epochs:
         sampler.set_epoch(epoch, start_batch=batch_in_epoch)
@@ -348,15 +343,8 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses['largest']:.3f}")
-            steps_this_call += 1
-            stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
             if global_step % recipe.checkpoint_every_steps == 0 and batch_in_epoch < updates_per_epoch:
                 write_checkpoint()
-            if stop:
-                if bar is not None:
-                    bar.close()
-                write_checkpoint()
-                return TrainResult(out, recipe.epochs, global_step, metrics, time.perf_counter() - started)
         if bar is not None:
             bar.close()
         train_seconds = time.perf_counter() - epoch_started
