@@ -129,3 +129,10 @@ def test_recalibration_leaves_the_supernet_alone_unless_asked(tiny_supernet):
     with torch.no_grad():
         assert (supernet(images, config) - model(images)).abs().max().item() < 1e-4
     supernet.load_state_dict(before)
+
+
+def test_layer_scale_init_is_a_training_setting():
+    supernet = Supernet("efficientformerv2-tiny@32", layer_scale_init=0.1)
+    gammas = [m.gamma for m in supernet.modules() if hasattr(m, "gamma")]
+    assert gammas and all(torch.all(g == 0.1) for g in gammas)
+    assert torch.all(Supernet("efficientformerv2-tiny@32").stages[0].blocks[0].ls2.gamma == 1e-5)
