@@ -140,13 +140,14 @@ class Evaluator:
         self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
         self.evaluations = 0  # new evaluations made by this process
 
-    def __call__(self, config: SubnetConfig) -> Metrics:
+    def __call__(self, config: SubnetConfig, record: bool = True) -> Metrics:
+        """``record=False``: the caller files the trial itself (NSGA-II's ask/tell)."""
         metrics = self.cache.get(config.key)
         if metrics is None:
             metrics = self.objectives(config)
             self.cache[config.key] = metrics
             self.evaluations += 1
-            if self.study is not None:
+            if record and self.study is not None:
                 store.record(self.study, self.objectives.space, config, metrics, self.algorithm)
         return metrics
 
@@ -301,10 +302,7 @@ def nsga2_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budg
     for _ in range(max(0, evaluations - len(done))):
         trial = study.ask(distributions)
         config = store.decode(space, trial.params)
-        metrics = evaluate.cache.get(config.key) or evaluate.objectives(config)
-        if config.key not in evaluate.cache:
-            evaluate.cache[config.key] = metrics
-            evaluate.evaluations += 1
+        metrics = evaluate(config, record=False)  # a duplicate config is not evaluated again
         violation = _violation(loosest, metrics)
         trial.set_user_attr("constraint", [violation])
         for key, value in store.user_attrs(config, metrics, "nsga2").items():
@@ -387,7 +385,7 @@ def _v1_scale_prune(space, evaluate, budgets, supernet, progress):
         config = reached[loose_budget.label][0]
         pruned = prune_expansions(space, config, scores, budget, evaluate.objectives.costs)
         if not budget.met(evaluate.objectives.costs(pruned)):  # pruning alone cannot get there
-            trajectory_more, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned)
+            _, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned)
             pruned = more[budget.label][0] if budget.label in more else pruned
         metrics = evaluate(pruned)
         trajectory.append(_row(len(trajectory), f"prune to {budget.label}", metrics, None))
