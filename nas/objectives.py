@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -60,7 +61,7 @@ class SupernetAccuracy:
             raise InvalidInputError(f"--eval-images {eval_images}: expected a positive number of images")
         splits = Splits(recipe.replace(eval_images=eval_images), self.supernet.space.resolution, data_dir=data_dir)
         calib = splits.eval_loader("calib", batch_size=batch_size, shuffle_seed=recipe.seed)
-        self.calib_batches = [images for images, *_ in _take(calib, bn_batches)]
+        self.calib_batches = [(images,) for images, *_ in islice(calib, bn_batches)]
         self.eval_batches = [(images, labels) for images, labels, *_ in splits.eval_loader(split, batch_size)]
         self.cache: dict[str, float] = {}
 
@@ -73,17 +74,9 @@ class SupernetAccuracy:
         if config.key not in self.cache:
             from supernet.evaluate import evaluate, recalibrate_bn
 
-            model = recalibrate_bn(self.supernet, config, [(b,) for b in self.calib_batches],
-                                   len(self.calib_batches))
+            model = recalibrate_bn(self.supernet, config, self.calib_batches, len(self.calib_batches))
             self.cache[config.key] = evaluate(model, self.eval_batches).top1
         return self.cache[config.key]
-
-
-def _take(loader, count: int):
-    for i, batch in enumerate(loader):
-        if i >= count:
-            break
-        yield batch
 
 
 class Objectives:

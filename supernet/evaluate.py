@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Iterable, Optional
 
 import torch
@@ -30,13 +31,6 @@ class Evaluation:
     images: int
 
 
-def _batches(loader: Iterable, count: Optional[int]) -> Iterable:
-    for i, batch in enumerate(loader):
-        if count is not None and i >= count:
-            break
-        yield batch
-
-
 @torch.no_grad()
 def recalibrate_bn(supernet: Supernet, config: SubnetConfig, loader: Iterable, num_batches: int,
                    write_back: bool = False) -> nn.Module:
@@ -53,7 +47,7 @@ def recalibrate_bn(supernet: Supernet, config: SubnetConfig, loader: Iterable, n
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average = the exact mean over the batches
     model.train()
-    for images, *_ in _batches(loader, num_batches):
+    for images, *_ in islice(loader, num_batches):
         model(images.to(device))
     model.eval()
     for bn in norms:
@@ -74,7 +68,7 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
     was_training = model.training
     model.eval()
     correct, loss_sum, count = 0, 0.0, 0
-    for images, labels, *_ in _batches(loader, max_batches):
+    for images, labels, *_ in islice(loader, max_batches):
         images, labels = images.to(device), labels.to(device)
         logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
