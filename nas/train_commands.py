@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from search_spaces import resolve_config
+from search_spaces import InvalidInputError, resolve_config
 
 
 def cmd_train_supernet(args: argparse.Namespace) -> None:
@@ -12,16 +12,37 @@ def cmd_train_supernet(args: argparse.Namespace) -> None:
     from supernet.train import train_supernet
 
     recipe = load_recipe(args.recipe)
-    if args.epochs is not None and args.epochs < 1:
-        from search_spaces import InvalidInputError
-        raise InvalidInputError(f"--epochs {args.epochs}: expected a positive number of epochs")
+    _check_epochs(args.epochs)
     result = train_supernet(recipe, Path(args.out), resume=args.resume, epochs=args.epochs,
                             data_dir=args.data_dir, download=args.download, progress=not args.no_progress)
+    _print_result(result)
+    print(f"supernet: {result.run_dir}")
+
+
+def _check_epochs(epochs) -> None:
+    if epochs is not None and epochs < 1:
+        raise InvalidInputError(f"--epochs {epochs}: expected a positive number of epochs")
+
+
+def _print_result(result) -> None:
     if result.metrics:
         last = result.metrics[-1]
         summary = ", ".join(f"{k} {v}" for k, v in last.items() if k.startswith("val_top1"))
         print(f"trained {result.global_step} steps in {result.seconds:.0f} s; {summary}")
-    print(f"supernet: {result.run_dir}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from supernet.recipe import load_recipe
+    from supernet.retrain import train_network
+
+    config = resolve_config(args.config)
+    recipe = load_recipe(args.recipe)
+    _check_epochs(args.epochs)
+    result = train_network(config, recipe, Path(args.out), teacher=args.teacher, resume=args.resume,
+                           epochs=args.epochs, data_dir=args.data_dir, download=args.download,
+                           progress=not args.no_progress)
+    _print_result(result)
+    print(f"network: {result.run_dir}  ({config.key})")
 
 
 def cmd_eval_subnet(args: argparse.Namespace) -> None:
@@ -34,8 +55,7 @@ def cmd_eval_subnet(args: argparse.Namespace) -> None:
           f"({evaluation.images} images, BatchNorm recalibrated)")
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train-supernet", help="train a weight-sharing supernet (sandwich rule)")
+def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", required=True, help="a recipe YAML, or the name of a shipped one "
                    "(fashion-mnist-tiny, imagenet)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (checkpoint, logs)")
@@ -44,7 +64,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="data folder (default: the recipe's, then Debian's Fashion-MNIST)")
     p.add_argument("--download", action="store_true", help="download the data set into --data-dir if absent")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train-supernet", help="train a weight-sharing supernet (sandwich rule)")
+    _training_arguments(p)
     p.set_defaults(handler=cmd_train_supernet)
+
+    p = commands.add_parser("train", help="train one network of the space from scratch (e.g. a searched config)")
+    p.add_argument("config", metavar="CONFIG_OR_PRESET", help="a config YAML/JSON (nas search output) or a preset")
+    _training_arguments(p)
+    p.add_argument("--teacher", metavar="RUN_DIR", help="distil from a trained network or supernet run (its largest "
+                   "config), through the distillation head; the recipe's distillation settings apply")
+    p.set_defaults(handler=cmd_train)
 
     p = commands.add_parser("eval-subnet", help="top-1 of a config from a trained supernet")
     p.add_argument("--supernet", required=True, metavar="RUN_DIR")

@@ -18,6 +18,7 @@ from search_spaces import InvalidInputError, get_space
 from search_spaces.config import dump_yaml
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet-folder")
+DISTILLATIONS = ("hard", "soft")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "recipes"
 
 
@@ -62,6 +63,10 @@ class Recipe:
     # sandwich rule
     num_random: int = 2  # random subnets per step besides the largest and the smallest
     inplace_distill: bool = True
+    # knowledge distillation of a network trained from scratch (nas train --teacher)
+    distillation: str = "hard"  # hard: the teacher's argmax (DeiT, the paper); soft: its tempered softmax
+    distill_alpha: float = 0.5  # weight of the distillation head's loss
+    distill_tau: float = 1.0  # temperature of soft distillation
     # evaluation, checkpoints, runtime
     bn_batches: int = 20  # batches used to recalibrate BatchNorm before evaluating a subnet
     eval_images: Optional[int] = None  # evaluate on the first N images of a split (None: all)
@@ -83,6 +88,12 @@ class Recipe:
                 raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected 0 or more")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise InvalidInputError(f"recipe: crop_scale = {list(self.crop_scale)}; expected 0 < low <= high <= 1")
+        if self.distillation not in DISTILLATIONS:
+            raise InvalidInputError(f"recipe: distillation = {self.distillation!r}; expected one of "
+                                    f"{', '.join(DISTILLATIONS)}")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_tau <= 0:
+            raise InvalidInputError(f"recipe: distill_alpha = {self.distill_alpha}, distill_tau = "
+                                    f"{self.distill_tau}; expected 0 <= distill_alpha <= 1 and distill_tau > 0")
         if self.base_lr <= 0:
             raise InvalidInputError(f"recipe: base_lr = {self.base_lr}; expected a positive learning rate")
 

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -137,7 +137,8 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, kind: str = "supernet") -> dict[str, Any]:
+def load_checkpoint(path: Path, kind: Union[str, tuple[str, ...]] = "supernet") -> dict[str, Any]:
+    """A checkpoint of this project of kind ``kind`` (or of one of several kinds)."""
     if not path.is_file():
         raise InvalidInputError(f"no checkpoint at {str(path)!r}")
     try:
@@ -145,8 +146,9 @@ def load_checkpoint(path: Path, kind: str = "supernet") -> dict[str, Any]:
     except Exception as error:  # truncated, corrupted or not a torch file
         raise InvalidInputError(f"checkpoint {str(path)!r} is corrupted or not a checkpoint of this project "
                                 f"({type(error).__name__}: {str(error)[:120]})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("kind") != kind:
-        raise InvalidInputError(f"{str(path)!r} is not a {kind} checkpoint of this project (format "
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("kind") not in kinds:
+        raise InvalidInputError(f"{str(path)!r} is not a {' or '.join(kinds)} checkpoint of this project (format "
                                 f"{CHECKPOINT_FORMAT})")
     return payload
 
@@ -208,47 +210,128 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _prepare_run_dir(out: Path, resume: bool) -> Optional[dict[str, Any]]:
+def _prepare_run_dir(out: Path, resume: bool, kind: str) -> Optional[dict[str, Any]]:
     checkpoint = out / CHECKPOINT
     if resume:
         if not checkpoint.exists():
             raise InvalidInputError(f"--resume: {str(out)!r} holds no checkpoint to resume")
-        return load_checkpoint(checkpoint)
+        return load_checkpoint(checkpoint, kind)
     if checkpoint.exists():
         raise InvalidInputError(f"{str(out)!r} already holds a run; pass --resume to continue it or choose "
                                 f"another --out")
     return None
 
 
+class TrainingTask:
+    """What a training run trains: the trainer's loop calls these; subclasses fill them in.
+
+    :class:`SupernetTask` (sandwich rule) and :class:`supernet.retrain.NetworkTask` (one
+    network from scratch) share everything else: data, DDP, optimiser and schedule,
+    mixup, checkpoints with RNG and sampler state, resume, logs and the progress bar.
+    """
+
+    kind: str = ""
+    find_unused_parameters = False  # DDP: parameters that may get no gradient in a step
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.rng = random.Random(recipe.seed)  # identical on every rank; part of the checkpoint
+
+    def check_checkpoint(self, payload: dict[str, Any], out: Path) -> None:
+        """Refuse to resume a checkpoint of something else."""
+
+    def identity(self) -> dict[str, Any]:
+        """Checkpoint fields naming what is trained (checked on resume, read by loaders)."""
+        return {}
+
+    def build(self, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+             autocast: Callable) -> dict[str, float]:
+        """Forward and backward one batch; returns the losses to log (first: the headline)."""
+        raise NotImplementedError
+
+    def evaluate(self, module: nn.Module, splits: Splits) -> dict[str, float]:
+        """Metrics at the end of an epoch (main process only)."""
+        return {}
+
+
+class SupernetTask(TrainingTask):
+    kind = "supernet"
+    find_unused_parameters = True  # dropped blocks and MHSA get no gradient in a pass
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__(recipe)
+        self.space = get_space(recipe.space)
+
+    def check_checkpoint(self, payload: dict[str, Any], out: Path) -> None:
+        if payload["space"] != self.space.name:
+            raise InvalidInputError(f"the checkpoint in {str(out)!r} is a supernet of space {payload['space']!r}; "
+                                    f"the recipe asks for {self.recipe.space!r}")
+
+    def identity(self) -> dict[str, Any]:
+        return {"space": self.space.name}
+
+    def build(self, num_classes: int) -> nn.Module:
+        return Supernet(self.space, num_classes=num_classes, drop_path_rate=self.recipe.drop_path,
+                        layer_scale_init=self.recipe.layer_scale_init)
+
+    def step(self, model, images, targets, autocast):
+        configs = sandwich_configs(self.space, self.rng, self.recipe.num_random)
+        return sandwich_step(model, configs, images, targets, self.recipe.inplace_distill, autocast)
+
+    def evaluate(self, module: nn.Module, splits: Splits) -> dict[str, float]:
+        """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""
+        if self.recipe.val_split == 0:
+            return {}
+        calib = splits.eval_loader("calib", shuffle_seed=self.recipe.seed)
+        val = splits.eval_loader("val")
+        result = {}
+        for name, config in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
+            evaluation = evaluate_subnet(module, config, calib, val, self.recipe.bn_batches)
+            result[f"val_top1_{name}"] = round(evaluation.top1, 3)
+        return result
+
+
 def train_supernet(recipe: Recipe, out: Path, resume: bool = False, epochs: Optional[int] = None,
                    data_dir: Optional[str] = None, download: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume training) the supernet of ``recipe.space`` into run folder ``out``."""
+    """Train (or resume training) the supernet of ``recipe.space`` into run folder ``out``.
+
+    On resume the recipe stored in the checkpoint is used (``epochs`` may extend it).
+    """
+    return run_training(SupernetTask, recipe, out, resume, epochs, data_dir, download, progress)
+
+
+def run_training(task_factory: Callable[[Recipe], TrainingTask], recipe: Recipe, out: Path, resume: bool = False,
+                 epochs: Optional[int] = None, data_dir: Optional[str] = None, download: bool = False,
+                 progress: bool = True) -> TrainResult:
+    """The resumable (optionally distributed) training loop around one task."""
     out = Path(out)
     runtime = start_runtime(recipe.threads)
     try:
-        return _train(recipe, out, resume, epochs, data_dir, download, progress, runtime)
+        return _train(task_factory, recipe, out, resume, epochs, data_dir, download, progress, runtime)
     finally:
         stop_runtime(runtime)
 
 
-def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_dir: Optional[str],
-           download: bool, progress: bool, runtime: Runtime) -> TrainResult:
+def _train(task_factory: Callable[[Recipe], TrainingTask], recipe: Recipe, out: Path, resume: bool,
+           epochs: Optional[int], data_dir: Optional[str], download: bool, progress: bool,
+           runtime: Runtime) -> TrainResult:
     started = time.perf_counter()
-    checkpoint = _prepare_run_dir(out, resume)
+    task = task_factory(recipe)
+    checkpoint = _prepare_run_dir(out, resume, task.kind)
     if checkpoint is not None:
-        if checkpoint["space"] != get_space(recipe.space).name:
-            raise InvalidInputError(f"the checkpoint in {str(out)!r} is a supernet of space "
-                                    f"{checkpoint['space']!r}; the recipe asks for {recipe.space!r}")
+        task.check_checkpoint(checkpoint, out)
         recipe = Recipe.from_dict(checkpoint["recipe"], source=f"{out / CHECKPOINT} recipe")
     if epochs is not None:
         recipe = recipe.replace(epochs=epochs)
-    space = get_space(recipe.space)
+    task.recipe = recipe
     torch.manual_seed(recipe.seed + runtime.rank)
     random.seed(recipe.seed + runtime.rank)
     np.random.seed(recipe.seed + runtime.rank)
-    config_rng = random.Random(recipe.seed)  # identical on every rank: same configs each step
 
-    splits = Splits(recipe, space.resolution, data_dir=data_dir, download=download)
+    splits = Splits(recipe, get_space(recipe.space).resolution, data_dir=data_dir, download=download)
     train_set = splits.dataset("train")
     sampler = ResumableSampler(len(train_set), recipe.seed, recipe.batch_size, runtime.rank, runtime.world_size)
     loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size, sampler=sampler,
@@ -256,14 +339,13 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                                          pin_memory=runtime.device.type == "cuda",
                                          persistent_workers=recipe.num_workers > 0)
     num_classes = splits.num_classes
-    supernet = Supernet(space, num_classes=num_classes, drop_path_rate=recipe.drop_path,
-                        layer_scale_init=recipe.layer_scale_init).to(runtime.device)
-    model: nn.Module = supernet
+    module = task.build(num_classes).to(runtime.device)
+    model: nn.Module = module
     if runtime.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
-            supernet, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=True)  # dropped blocks and MHSA get no gradient in a pass
-    optimizer = create_optimizer_v2(supernet, opt=recipe.opt, lr=recipe.lr(runtime.world_size),
+            module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+            find_unused_parameters=task.find_unused_parameters)
+    optimizer = create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(runtime.world_size),
                                     weight_decay=recipe.weight_decay)
     updates_per_epoch = sampler.batches_per_epoch
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=recipe.epochs,
@@ -281,12 +363,12 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
 
     epoch, batch_in_epoch, global_step, metrics = 0, 0, 0, []
     if checkpoint is not None:
-        supernet.load_state_dict(checkpoint["model"])
+        module.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         epoch, batch_in_epoch, global_step = checkpoint["epoch"], checkpoint["batch"], checkpoint["global_step"]
         metrics = checkpoint["metrics"]
-        _restore_rng(checkpoint["rng"][min(runtime.rank, len(checkpoint["rng"]) - 1)], config_rng)
+        _restore_rng(checkpoint["rng"][min(runtime.rank, len(checkpoint["rng"]) - 1)], task.rng)
     if runtime.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
@@ -296,15 +378,15 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
 
     def write_checkpoint(finished: bool = False) -> None:
         states = [None] * runtime.world_size
-        local = _rng_state(config_rng)
+        local = _rng_state(task.rng)
         if runtime.world_size > 1:
             dist.all_gather_object(states, local)
         else:
             states = [local]
         if runtime.is_main:
             save_checkpoint(out / CHECKPOINT, {
-                "format": CHECKPOINT_FORMAT, "kind": "supernet", "space": space.name, "num_classes": num_classes,
-                "recipe": recipe.to_dict(), "model": supernet.state_dict(), "optimizer": optimizer.state_dict(),
+                "format": CHECKPOINT_FORMAT, "kind": task.kind, **task.identity(), "num_classes": num_classes,
+                "recipe": recipe.to_dict(), "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch_in_epoch,
                 "global_step": global_step, "rng": states, "metrics": metrics, "finished": finished})
         runtime.barrier()
@@ -312,7 +394,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
     bar = None
     while epoch < recipe.epochs:
         sampler.set_epoch(epoch, start_batch=batch_in_epoch)
-        supernet.train()
+        module.train()
         if progress and runtime.is_main:
             from tqdm import tqdm
             bar = tqdm(total=updates_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
@@ -325,11 +407,10 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                 images, targets = mixup(images, labels)
             else:
                 targets = mixup_target(labels, num_classes, smoothing=recipe.smoothing)
-            configs = sandwich_configs(space, config_rng, recipe.num_random)
             optimizer.zero_grad(set_to_none=True)
-            losses = sandwich_step(model, configs, images, targets, recipe.inplace_distill, autocast)
+            losses = task.step(model, images, targets, autocast)
             if recipe.clip_grad:
-                dispatch_clip_grad(supernet.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
+                dispatch_clip_grad(module.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
             optimizer.step()
             global_step += 1
             batch_in_epoch += 1
@@ -342,7 +423,7 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
                                                     "lr": optimizer.param_groups[0]["lr"], **losses})
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses['largest']:.3f}")
+                    bar.set_postfix(loss=f"{next(iter(losses.values())):.3f}")
             if global_step % recipe.checkpoint_every_steps == 0 and batch_in_epoch < updates_per_epoch:
                 write_checkpoint()
         if bar is not None:
@@ -350,10 +431,10 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
         train_seconds = time.perf_counter() - epoch_started
         steps_done = max(1, batch_in_epoch)
         row = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
-               **{f"loss_{role}": value / steps_done for role, value in sums.items()},
+               **{role if role == "loss" else f"loss_{role}": value / steps_done for role, value in sums.items()},
                "train_seconds": round(train_seconds, 2)}
         if runtime.is_main:
-            row.update(_epoch_evaluation(supernet, space, splits, recipe))
+            row.update(task.evaluate(module, splits))
             metrics.append(row)
             _append_jsonl(out / "metrics.jsonl", row)
             print(_format_epoch(row), flush=True)
@@ -361,19 +442,6 @@ def _train(recipe: Recipe, out: Path, resume: bool, epochs: Optional[int], data_
         batch_in_epoch = 0
         write_checkpoint(finished=epoch >= recipe.epochs)
     return TrainResult(out, recipe.epochs, global_step, metrics, time.perf_counter() - started)
-
-
-def _epoch_evaluation(supernet: Supernet, space: SearchSpace, splits: Splits, recipe: Recipe) -> dict[str, float]:
-    """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""
-    if recipe.val_split == 0:
-        return {}
-    calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
-    val = splits.eval_loader("val")
-    result = {}
-    for name, config in (("largest", space.largest()), ("smallest", space.smallest())):
-        evaluation = evaluate_subnet(supernet, config, calib, val, recipe.bn_batches)
-        result[f"val_top1_{name}"] = round(evaluation.top1, 3)
-    return result
 
 
 def _format_epoch(row: dict[str, Any]) -> str:
@@ -412,5 +480,5 @@ def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", dat
     return evaluate_subnet(supernet, config, calib, splits.eval_loader(split), bn_batches or recipe.bn_batches)
 
 
-__all__ = ["TrainResult", "TrainingDiverged", "evaluate", "evaluate_config", "load_supernet", "sandwich_step",
-           "train_supernet"]
+__all__ = ["SupernetTask", "TrainResult", "TrainingDiverged", "TrainingTask", "evaluate", "evaluate_config",
+           "load_supernet", "run_training", "sandwich_step", "train_supernet"]
