@@ -83,7 +83,31 @@ def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], par
 
 
 def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple, out_dir: Path) -> dict:
-    import coremltools as ct
+    mlmodel, output_shape = convert_mlprogram(module, shape)
+    relative = Path("networks" if kind == NETWORK_KIND else "blocks") / f"{key}.mlpackage"
+    target = out_dir / relative
+    save_mlpackage(mlmodel, target)
+    return {"space": space, "key": key, "kind": kind, "file": relative.as_posix(), "input_name": INPUT_NAME,
+            "input_shape": "x".join(map(str, shape)), "output_shape": "x".join(map(str, output_shape)),
+            "sha256": package_sha256(target)}
+
+
+def import_coremltools():
+    """coremltools, imported without its start-up chatter on Linux (untested torch version, no
+    native runtime); a clear error where it is not installed."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import coremltools
+    except ImportError:
+        raise InvalidInputError("Core ML needs coremltools, which is not installed here; install it with: "
+                                "pip install coremltools") from None
+    return coremltools
+
+
+def convert_mlprogram(module: nn.Module, shape: tuple, input_name: str = INPUT_NAME):
+    """``module`` (eval mode) as a Core ML ML program for iOS 16+, and its output shape."""
+    ct = import_coremltools()
 
     example = torch.randn(*shape)
     # coremltools draws several progress bars and warnings per conversion (hundreds per space), and
@@ -93,13 +117,16 @@ def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(module.eval(), example)
         output_shape = tuple(module(example).shape)
-        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=INPUT_NAME, shape=shape)],
+        mlmodel = ct.convert(traced, inputs=[ct.TensorType(name=input_name, shape=shape)],
                              convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16)
-    relative = Path("networks" if kind == NETWORK_KIND else "blocks") / f"{key}.mlpackage"
-    target = out_dir / relative
+    return mlmodel, output_shape
+
+
+def save_mlpackage(mlmodel, target: Path) -> None:
+    """Save an ML program as ``target`` (an ``.mlpackage`` folder), atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # an .mlpackage is a folder: save beside it, then rename, so no half-written package remains
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         mlmodel.save(str(staging / "model.mlpackage"))
         if target.exists():
@@ -107,9 +134,6 @@ def _export_one(space: str, key: str, kind: str, module: nn.Module, shape: tuple
         os.replace(staging / "model.mlpackage", target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"space": space, "key": key, "kind": kind, "file": relative.as_posix(), "input_name": INPUT_NAME,
-            "input_shape": "x".join(map(str, shape)), "output_shape": "x".join(map(str, output_shape)),
-            "sha256": package_sha256(target)}
 
 
 def _existing_entries(manifest: Path, out_dir: Path, space: str) -> dict[str, dict]:

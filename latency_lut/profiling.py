@@ -200,13 +200,15 @@ class Backend:
         return cpu_name()
 
 
-def onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
-    """``module`` exported to ONNX (TorchScript exporter: fast and stable for these blocks)."""
+def onnx_bytes(module: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> bytes:
+    """``module`` exported to ONNX (TorchScript exporter: fast and stable for these blocks);
+    input ``x``, output ``y``, the batch dimension symbolic if ``dynamic_batch``."""
     buffer = io.BytesIO()
+    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is chosen on purpose
         torch.onnx.export(module, (example,), buffer, input_names=["x"], output_names=["y"],
-                          opset_version=ONNX_OPSET, dynamo=False)
+                          opset_version=ONNX_OPSET, dynamo=False, dynamic_axes=axes)
     return buffer.getvalue()
 
 

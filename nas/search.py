@@ -133,26 +133,35 @@ def check_budgets(objectives: Objectives, budgets: Sequence[Budget]) -> list[Bud
 # -- evaluation through the store ------------------------------------------------------------------
 
 class Evaluator:
-    """Metrics of configs, each evaluated once: cached in memory and in the study."""
+    """Metrics of configs, each evaluated once: cached in memory and in the study.
 
-    def __init__(self, objectives: Objectives, study, algorithm: str) -> None:
+    ``shared`` holds metrics that other studies of the storage already measured with the
+    same objectives: a config found there is filed in this study without evaluating it.
+    """
+
+    def __init__(self, objectives: Objectives, study, algorithm: str,
+                 shared: Optional[dict[str, Metrics]] = None) -> None:
         self.objectives, self.study, self.algorithm = objectives, study, algorithm
         self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
+        self.shared = shared or {}
         self.evaluations = 0  # new evaluations made by this process
 
     def __call__(self, config: SubnetConfig, record: bool = True) -> Metrics:
         """``record=False``: the caller files the trial itself (NSGA-II's ask/tell)."""
         metrics = self.cache.get(config.key)
         if metrics is None:
-            metrics = self.objectives(config)
+            metrics = self.shared.get(config.key)
+            if metrics is None:
+                metrics = self.objectives(config)
+                self.evaluations += 1
             self.cache[config.key] = metrics
-            self.evaluations += 1
             if record and self.study is not None:
                 store.record(self.study, self.objectives.space, config, metrics, self.algorithm)
         return metrics
 
     @property
     def distinct(self) -> int:
+        """Distinct configs of this search (those of the study it resumed included)."""
         return len(self.cache)
 
 
@@ -164,8 +173,9 @@ class SearchResult:
     budgets: list[Budget]
     selected: dict[str, tuple[SubnetConfig, Metrics]] = field(default_factory=dict)  # budget label -> best
     trajectory: list[dict] = field(default_factory=list)
-    evaluations: int = 0  # distinct configs evaluated (stored ones included)
+    evaluations: int = 0  # distinct configs of the search (stored ones included)
     seconds: float = 0.0
+    measured: int = 0  # of which evaluated by this run (the others came from the store)
 
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
@@ -343,8 +353,13 @@ def study_name(algorithm: str, arguments: dict) -> str:
 
 def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
                arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
-               progress=None) -> SearchResult:
-    """Run (or resume) one search; ``arguments`` name the study (same arguments, same study)."""
+               progress=None, objectives_id: Optional[dict] = None) -> SearchResult:
+    """Run (or resume) one search; ``arguments`` name the study (same arguments, same study).
+
+    ``objectives_id`` names what determines a config's metrics (supernet, table, alphas,
+    evaluation settings): studies of the storage with the same one share their evaluated
+    configs, so a second search over the same supernet re-measures nothing it can reuse.
+    """
     if algorithm not in ALGORITHMS:
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if evaluations < 1:
@@ -356,8 +371,10 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     study = store.open_study(storage, study_name(algorithm, arguments), sampler=sampler,
                              metadata={"algorithm": algorithm, "space": space.name,
                                        "budgets": [b.label for b in budgets],
-                                       "arguments": json.loads(json.dumps(arguments, default=str))})
-    evaluate = Evaluator(objectives, study, algorithm)
+                                       "arguments": json.loads(json.dumps(arguments, default=str)),
+                                       **({"objectives": _jsonable(objectives_id)} if objectives_id else {})})
+    shared = store.shared_metrics(storage, _jsonable(objectives_id), exclude=study.study_name) if objectives_id else {}
+    evaluate = Evaluator(objectives, study, algorithm, shared)
     if algorithm == "fine-grained":
         trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress)
     elif algorithm == "v1-scale":
@@ -369,7 +386,11 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     else:
         trajectory, selected = nsga2_search(space, evaluate, budgets, evaluations, seed, study, progress)
     return SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, evaluate.evaluations)
+
+
+def _jsonable(data: Optional[dict]):
+    return json.loads(json.dumps(data, sort_keys=True, default=str)) if data is not None else None
 
 
 def _v1_scale_prune(space, evaluate, budgets, supernet, progress):

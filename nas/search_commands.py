@@ -63,23 +63,31 @@ def cmd_search(args: argparse.Namespace) -> None:
     from nas.objectives import Objectives, SupernetAccuracy
     from nas.results import selected_frame, write_search_outputs
     from nas.search import check_budgets, run_search
+    from search_spaces.io import file_digest
+    from supernet.train import CHECKPOINT
 
     table, supernet, space, budgets, storage = prepare_search(args)
     accuracy = SupernetAccuracy(Path(args.supernet), eval_images=args.eval_images, bn_batches=args.bn_batches,
                                 data_dir=args.data_dir)
     objectives = Objectives.from_table(space, table, accuracy, args.alpha_lat, args.alpha_size)
     check_budgets(objectives, budgets)
-    arguments = {"supernet": str(Path(args.supernet).resolve()), "lut": str(Path(args.lut).resolve()),
-                 "budgets": [b.label for b in budgets], "alpha_latency": args.alpha_lat,
-                 "alpha_size": args.alpha_size, "eval_images": args.eval_images, "bn_batches": args.bn_batches,
-                 "seed": args.seed, "evaluations": args.evaluations}
+    # what a config's metrics depend on: the weights and the table themselves (a retrained supernet in the
+    # same folder is another study), MES and the evaluation settings
+    objectives_id = {"supernet": str(Path(args.supernet).resolve()), "lut": str(Path(args.lut).resolve()),
+                     "supernet_sha1": file_digest(Path(args.supernet) / CHECKPOINT),
+                     "lut_sha1": file_digest(Path(args.lut)), "alpha_latency": args.alpha_lat,
+                     "alpha_size": args.alpha_size, "eval_images": args.eval_images, "bn_batches": args.bn_batches,
+                     "data_dir": args.data_dir}
+    arguments = {**objectives_id, "budgets": [b.label for b in budgets], "seed": args.seed,
+                 "evaluations": args.evaluations}
     progress = None if args.quiet else (lambda line: print(line, flush=True))
     result = run_search(objectives, budgets, args.algorithm, storage, arguments, evaluations=args.evaluations,
-                        seed=args.seed, supernet=accuracy.supernet, progress=progress)
+                        seed=args.seed, supernet=accuracy.supernet, progress=progress, objectives_id=objectives_id)
     command = "nas " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["search"] else ""
     written = write_search_outputs(result, Path(args.out), command)
     frame = selected_frame(result)
-    print(f"\n{args.algorithm}: {result.evaluations} configs evaluated in {result.seconds:.1f} s")
+    print(f"\n{args.algorithm}: {result.evaluations} configs, {result.measured} of them evaluated now (the others "
+          f"from the results store), in {result.seconds:.1f} s")
     if not frame.empty:
         frame = frame.assign(params_m=frame["params"] / 1e6).drop(columns=["params"])
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

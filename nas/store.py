@@ -115,6 +115,17 @@ def stored_metrics(study) -> dict[str, Metrics]:
     return result
 
 
+def shared_metrics(storage: str, objectives_id: Any, exclude: str = "") -> dict[str, Metrics]:
+    """Evaluated configs of every other study in ``storage`` whose ``objectives`` attribute
+    equals ``objectives_id`` (same supernet, table, MES and evaluation settings)."""
+    optuna = _optuna()
+    result: dict[str, Metrics] = {}
+    for summary in optuna.study.get_all_study_summaries(storage):
+        if summary.study_name != exclude and summary.user_attrs.get("objectives") == objectives_id:
+            result.update(stored_metrics(optuna.load_study(study_name=summary.study_name, storage=storage)))
+    return result
+
+
 def user_attrs(config: SubnetConfig, metrics: Metrics, algorithm: str) -> dict[str, Any]:
     return {**metrics.as_dict(), "config": config.to_json(), "algorithm": algorithm}
 

@@ -137,6 +137,14 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     assert second.returncode == 0, second.stderr
     assert len(study.trials) == evaluated
     assert pd.read_csv(out / "fine-grained-trajectory.csv").equals(trajectory)
+    assert f"{evaluated} configs, 0 of them evaluated now" in second.stdout
+    # another search in the same folder, over the same supernet and table: a looser budget's trajectory
+    # is a prefix of the first one, so it is a new study whose configs all come from the first
+    looser = f"{float(budget[:-1]) * 1.02:.3f}M"
+    third = _search(tiny_supernet_run, tiny_lut, out, "--params", looser)
+    assert third.returncode == 0, third.stderr
+    assert " 0 of them evaluated now" in third.stdout
+    assert len(optuna.study.get_all_study_summaries(store.default_storage(out))) == 2
     shown = run_nas("results", "show", out)
     assert shown.returncode == 0, shown.stderr
     assert "Pareto configs of" in shown.stdout and "fine-grained" in shown.stdout
