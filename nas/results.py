@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from search_spaces import InvalidInputError
 from search_spaces.config import save_config
 from search_spaces.io import atomic_path, atomic_write_text
 
@@ -65,8 +66,24 @@ def summary_markdown(result: SearchResult, command: str = "") -> str:
 
 
 def load_results(*folders: Path) -> pd.DataFrame:
-    """Every evaluated config of every study under the given folders (one row per trial)."""
+    """Every evaluated config of every study under the given folders (one row per trial):
+    key, accuracy, params, params_m, latency_ms, mes, config, algorithm, trial, study, store."""
     frames = [store.studies_dataframe(Path(folder)) for folder in folders]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.assign(params_m=frame["params"] / 1e6)
+
+
+def load_trajectories(*folders: Path) -> pd.DataFrame:
+    """The trajectories (``ALGO-trajectory.csv``) of the searches written to the given folders,
+    with the algorithm and folder of each row."""
+    frames = []
+    for folder in map(Path, folders):
+        for path in sorted(folder.glob("*-trajectory.csv")):
+            frame = pd.read_csv(path)
+            frames.append(frame.assign(algorithm=path.name[: -len("-trajectory.csv")], folder=str(folder),
+                                       params_m=frame["params"] / 1e6))
+    if not frames:
+        raise InvalidInputError(f"no search trajectory (*-trajectory.csv) in {', '.join(map(str, folders))}")
     return pd.concat(frames, ignore_index=True)
 
 

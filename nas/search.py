@@ -4,9 +4,9 @@ Algorithms (``ALGORITHMS``):
 
 * ``fine-grained``: from the largest config, every step scores every applicable move
   (shrink a width, shrink one FFN's expansion, drop a block, drop a block's MHSA) by
-  accuracy drop per MES gain and takes the best (smallest ``dAcc / dMES``; a move that
-  does not lower accuracy wins outright; ties go to the first move in the space's
-  fixed move order). It stops when every budget is met, recording the config as the
+  accuracy drop per MES gain and takes the best (smallest ``dAcc / dMES``). A move that
+  does not lower accuracy wins outright; among several such, the one with the largest
+  MES gain. Remaining ties go to the first move in the space's fixed move order. It stops when every budget is met, recording the config as the
   trajectory crosses each budget.
 * ``v1-scale``: the same loop with depth and width moves only (expansion fixed at the
   largest), EfficientFormer V1's search space.
@@ -176,6 +176,7 @@ class SearchResult:
     evaluations: int = 0  # distinct configs of the search (stored ones included)
     seconds: float = 0.0
     measured: int = 0  # of which evaluated by this run (the others came from the store)
+    written: list = field(default_factory=list)  # output files (nas.results.write_search_outputs)
 
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
@@ -214,14 +215,17 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
         gains = [c[2] - current.mes for c in costs]
         # a move that does not raise MES cannot pay for an accuracy drop; score it only if nothing else is left
         useful = [i for i, gain in enumerate(gains) if gain > 0] or list(range(len(candidates)))
-        best = None
+        best, best_rank = None, None
         for i in useful:
             move, config = candidates[i]
             after = evaluate(config)
             drop = current.accuracy - after.accuracy
             utility = drop / gains[i] if gains[i] > 0 else math.inf
-            if best is None or utility < best[0]:
-                best = (utility, move, config, after)
+            # a move that costs no accuracy wins outright, the largest MES gain first (the biggest free
+            # stride); otherwise the least accuracy drop per MES gain; ties keep the first move in order
+            rank = (0, -gains[i], drop) if drop <= 0 else (1, utility, 0.0)
+            if best is None or rank < best_rank:
+                best, best_rank = (utility, move, config, after), rank
         utility, move, state, current = best
         trajectory.append(_row(step, str(move), current, utility))
         if progress:

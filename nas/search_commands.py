@@ -9,8 +9,9 @@ from pathlib import Path
 from search_spaces import InvalidInputError, parse_latency_ms, parse_mes, parse_params
 
 
-def _budgets(args: argparse.Namespace, space):
-    from nas.search import Budget, default_family, parse_family
+def _budgets(args: argparse.Namespace):
+    """The budgets given on the command line; None for ``--family`` alone (the space's default family)."""
+    from nas.search import Budget, parse_family
 
     given = [name for name in ("params", "latency", "mes", "family") if getattr(args, name) is not None]
     if len(given) != 1:
@@ -22,76 +23,29 @@ def _budgets(args: argparse.Namespace, space):
         return [Budget("latency", parse_latency_ms(args.latency))]
     if args.mes is not None:
         return [Budget("mes", parse_mes(args.mes))]
-    return default_family(space) if args.family == "default" else parse_family(args.family)
-
-
-def prepare_search(args: argparse.Namespace):
-    """Every check that can fail, before any work: alphas, table, storage, supernet, budgets."""
-    from latency_lut import LatencyTable, missing_parts
-
-    from nas.mes import check_alpha
-    from nas.store import default_storage
-    from supernet.train import load_supernet
-
-    check_alpha(args.alpha_lat, "--alpha-lat")
-    check_alpha(args.alpha_size, "--alpha-size")
-    if args.eval_images < 1 or args.bn_batches < 1:
-        raise InvalidInputError(f"--eval-images {args.eval_images} / --bn-batches {args.bn_batches}: expected "
-                                f"positive numbers")
-    table = LatencyTable.load(args.lut)
-    supernet, _ = load_supernet(Path(args.supernet))
-    space = supernet.space
-    if table.space != space.name:
-        raise InvalidInputError(f"the supernet in {args.supernet!r} is of space {space.name!r} but the latency "
-                                f"table {args.lut!r} of space {table.space!r}; expected one space for both")
-    missing = missing_parts(table, space)
-    if missing:
-        raise InvalidInputError(f"latency table {args.lut!r} lacks {len(missing)} block(s) of space {space.name!r} "
-                                f"(first: {missing[0].key}); fill it with: nas build-lut --space {space.name} "
-                                f"--backend {table.backend} --out {args.lut}")
-    budgets = _budgets(args, space)
-    storage = args.storage or default_storage(Path(args.out))
-    if args.storage is None:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    from nas.store import check_storage
-
-    check_storage(storage)
-    return table, supernet, space, budgets, storage
+    return None if args.family == "default" else parse_family(args.family)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from nas.objectives import Objectives, SupernetAccuracy
-    from nas.results import selected_frame, write_search_outputs
-    from nas.search import check_budgets, run_search
-    from search_spaces.io import file_digest
-    from supernet.train import CHECKPOINT
+    from nas.pipeline import SearchJob
+    from nas.results import selected_frame
 
-    table, supernet, space, budgets, storage = prepare_search(args)
-    accuracy = SupernetAccuracy(Path(args.supernet), eval_images=args.eval_images, bn_batches=args.bn_batches,
-                                data_dir=args.data_dir)
-    objectives = Objectives.from_table(space, table, accuracy, args.alpha_lat, args.alpha_size)
-    check_budgets(objectives, budgets)
-    # what a config's metrics depend on: the weights and the table themselves (a retrained supernet in the
-    # same folder is another study), MES and the evaluation settings
-    objectives_id = {"supernet": str(Path(args.supernet).resolve()), "lut": str(Path(args.lut).resolve()),
-                     "supernet_sha1": file_digest(Path(args.supernet) / CHECKPOINT),
-                     "lut_sha1": file_digest(Path(args.lut)), "alpha_latency": args.alpha_lat,
-                     "alpha_size": args.alpha_size, "eval_images": args.eval_images, "bn_batches": args.bn_batches,
-                     "data_dir": args.data_dir}
-    arguments = {**objectives_id, "budgets": [b.label for b in budgets], "seed": args.seed,
-                 "evaluations": args.evaluations}
+    budgets = _budgets(args)
+    job = SearchJob(args.supernet, args.lut, args.out, storage=args.storage, alpha_latency=args.alpha_lat,
+                    alpha_size=args.alpha_size, eval_images=args.eval_images, bn_batches=args.bn_batches,
+                    data_dir=args.data_dir)
+    budgets = job.check(budgets if budgets is not None else job.default_family())
     progress = None if args.quiet else (lambda line: print(line, flush=True))
-    result = run_search(objectives, budgets, args.algorithm, storage, arguments, evaluations=args.evaluations,
-                        seed=args.seed, supernet=accuracy.supernet, progress=progress, objectives_id=objectives_id)
     command = "nas " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["search"] else ""
-    written = write_search_outputs(result, Path(args.out), command)
+    result = job.run(budgets, args.algorithm, seed=args.seed, evaluations=args.evaluations, progress=progress,
+                     command=command)
     frame = selected_frame(result)
     print(f"\n{args.algorithm}: {result.evaluations} configs, {result.measured} of them evaluated now (the others "
           f"from the results store), in {result.seconds:.1f} s")
     if not frame.empty:
         frame = frame.assign(params_m=frame["params"] / 1e6).drop(columns=["params"])
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"written: {', '.join(p.name for p in written)} in {args.out}")
+    print(f"written: {', '.join(p.name for p in result.written)} in {args.out}")
 
 
 def cmd_results_show(args: argparse.Namespace) -> None:

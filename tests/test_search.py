@@ -59,14 +59,31 @@ def test_greedy_takes_the_least_accuracy_drop_per_mes_gain(table):
             after = objectives(config)
             gain = after.mes - before.mes
             if gain > 0:
-                scored.append(((before.accuracy - after.accuracy) / gain, str(move), config))
+                drop = before.accuracy - after.accuracy
+                rank = (0, -gain) if drop <= 0 else (1, drop / gain)  # free moves first, largest gain first
+                scored.append((rank, drop / gain, str(move), config))
         best = min(scored, key=lambda s: s[0])
-        assert row["move"] == best[1] and row["utility"] == pytest.approx(best[0])
-        state = best[2]
+        assert row["move"] == best[2] and row["utility"] == pytest.approx(best[1])
+        state = best[3]
     params = [row["params"] for row in trajectory]
     assert params == sorted(params, reverse=True)
     before_last = trajectory[-2]
     assert not budget.met((before_last["params"], before_last["latency_ms"], before_last["mes"]))
+
+
+def test_free_moves_take_the_largest_mes_gain(table):
+    """Moves that cost no accuracy (an evaluator that cannot tell configs apart) win outright,
+    the largest MES gain first: the search takes big free strides, not the first small one."""
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, table, lambda config: 50.0, 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.5)
+    trajectory, _ = greedy_search(space, Evaluator(objectives, None, "fine-grained"), [budget])
+    state = space.largest()
+    for row in trajectory[1:]:
+        before = objectives.costs(state)[2]
+        gains = {str(move): objectives.costs(config)[2] - before for move, config in space.moves(state)}
+        assert gains[row["move"]] == pytest.approx(max(gains.values()))
+        state = next(config for move, config in space.moves(state) if str(move) == row["move"])
 
 
 def test_family_is_one_trajectory_recording_each_crossing(table):
@@ -111,7 +128,7 @@ def _search(tiny_supernet_run, tiny_lut, out, *extra, runner=run_nas):
 
 
 def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_supernet_run, tiny_lut, tmp_path):
-    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.9 / 1e6:.3f}M"
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.96 / 1e6:.3f}M"
     out = tmp_path / "search"
     first = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
     assert first.returncode == 0, first.stderr
@@ -153,7 +170,7 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
 def test_interrupted_search_resumes_from_the_store(table, accuracy, tmp_path):
     space = accuracy.space
     objectives = Objectives.from_table(space, table, accuracy, 1.0, 0.5)
-    budget = Budget("params", count_params(space.largest()) * 0.75)
+    budget = Budget("params", count_params(space.largest()) * 0.6)
     storage = store.default_storage(tmp_path)
     arguments = {"test": "interrupt"}
 
