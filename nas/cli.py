@@ -150,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", metavar="FILE_OR_PRESET")
     p.set_defaults(handler=cmd_model_summary)
 
-    from nas import export_commands, lut_commands, search_commands, train_commands
+    from nas import lut_commands, pipeline_commands, search_commands, train_commands
 
     train_commands.register(commands)
     lut_commands.register(commands)
     search_commands.register(commands)
-    export_commands.register(commands)
+    pipeline_commands.register(commands)
     return parser
 
 

@@ -51,6 +51,18 @@ def _check_x(x: str) -> None:
         raise ValueError(f"x = {x!r}; expected one of {', '.join(AXES)}")
 
 
+def _scale(ax, x: str) -> None:
+    """Latency and parameters span orders of magnitude across a space: log axes, plain tick labels."""
+    if x in ("latency_ms", "params_m"):
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+
+
 def plot_pareto(frame: pd.DataFrame, x: str = "mes", ax=None, title: Optional[str] = None):
     """Top-1 against ``x`` (``mes``, ``latency_ms`` or ``params_m``): every evaluated config of
     each algorithm as a faint dot, its Pareto front (accuracy vs ``x``) as a line."""
@@ -65,9 +77,7 @@ def plot_pareto(frame: pd.DataFrame, x: str = "mes", ax=None, title: Optional[st
                 else "steps-pre", color=colour(algorithm), label=f"{algorithm} ({len(group)} configs)")
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 (%), held-out split")
-    if x in ("latency_ms", "params_m"):
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
+    _scale(ax, x)
     ax.legend(fontsize="small")
     if title:
         ax.set_title(title)
@@ -76,18 +86,16 @@ def plot_pareto(frame: pd.DataFrame, x: str = "mes", ax=None, title: Optional[st
 
 def plot_trajectories(trajectories: pd.DataFrame, x: str = "params_m", ax=None, title: Optional[str] = None):
     """The path of each greedy search (fine-grained, v1-scale, ...) from the largest config down:
-    top-1 against ``x``, one line per algorithm; budgets crossed are where the line passes them."""
+    top-1 against ``x``, one line per search (:func:`nas.results.load_trajectories`)."""
     _check_x(x)
     ax = _axes(ax)
-    for algorithm, path in trajectories.groupby("algorithm", sort=True):
+    for search, path in trajectories.groupby("search", sort=True):
         path = path[~path["move"].isin(["sample", "nsga2"])]  # random and NSGA-II have no path
         if len(path) > 1:
-            ax.plot(path[x], path["accuracy"], marker=".", color=colour(algorithm), label=algorithm)
+            ax.plot(path[x], path["accuracy"], marker=".", color=colour(path["algorithm"].iloc[0]), label=search)
     ax.set_xlabel(AXES[x][0])
     ax.set_ylabel("top-1 (%), held-out split")
-    if x in ("latency_ms", "params_m"):
-        ax.set_xscale("log")
-    ax.grid(alpha=0.3)
+    _scale(ax, x)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     ax.set_title(title or "search trajectories (largest config at the right)")

@@ -1,10 +1,11 @@
 """Search outputs on disk, and reading result stores back for analysis.
 
-Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget):
+Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget, ``NAME`` the
+search's name: ``ALGO-LABEL`` for one budget, ``ALGO-family`` for several):
 
 * ``ALGO-LABEL.yaml``: the config selected at each budget reached;
-* ``ALGO-trajectory.csv``: step, move, accuracy, params, latency_ms, mes, utility, key;
-* ``ALGO-summary.md``: budgets, selected configs and their metrics, evaluations, wall time;
+* ``NAME-trajectory.csv``: step, move, accuracy, params, latency_ms, mes, utility, key;
+* ``NAME-summary.md``: budgets, selected configs and their metrics, evaluations, wall time;
 * ``study.db``: the results store (unless ``--storage`` names another).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from search_spaces.config import save_config
 from search_spaces.io import atomic_path, atomic_write_text
 
 from nas import store
-from nas.search import SearchResult
+from nas.search import ALGORITHMS, SearchResult
 
 TRAJECTORY_COLUMNS = ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
 
@@ -38,11 +39,11 @@ def write_search_outputs(result: SearchResult, out: Path, command: str = "") -> 
     written = []
     for label, (config, _) in result.selected.items():
         written.append(save_config(config, out / f"{result.algorithm}-{label}.yaml"))
-    trajectory = out / f"{result.algorithm}-trajectory.csv"
+    trajectory = out / f"{result.name}-trajectory.csv"
     with atomic_path(trajectory) as tmp:
         pd.DataFrame(result.trajectory, columns=TRAJECTORY_COLUMNS).to_csv(tmp, index=False)
     written.append(trajectory)
-    summary = out / f"{result.algorithm}-summary.md"
+    summary = out / f"{result.name}-summary.md"
     atomic_write_text(summary, summary_markdown(result, command))
     written.append(summary)
     return written
@@ -74,13 +75,16 @@ def load_results(*folders: Path) -> pd.DataFrame:
 
 
 def load_trajectories(*folders: Path) -> pd.DataFrame:
-    """The trajectories (``ALGO-trajectory.csv``) of the searches written to the given folders,
-    with the algorithm and folder of each row."""
+    """The trajectories (``NAME-trajectory.csv``) of the searches written to the given folders,
+    with each row's search name, algorithm and folder."""
     frames = []
+    by_length = sorted(ALGORITHMS, key=len, reverse=True)  # v1-scale+prune before v1-scale
     for folder in map(Path, folders):
         for path in sorted(folder.glob("*-trajectory.csv")):
+            name = path.name[: -len("-trajectory.csv")]
+            algorithm = next((a for a in by_length if name.startswith(f"{a}-")), name)
             frame = pd.read_csv(path)
-            frames.append(frame.assign(algorithm=path.name[: -len("-trajectory.csv")], folder=str(folder),
+            frames.append(frame.assign(search=name, algorithm=algorithm, folder=str(folder),
                                        params_m=frame["params"] / 1e6))
     if not frames:
         raise InvalidInputError(f"no search trajectory (*-trajectory.csv) in {', '.join(map(str, folders))}")

@@ -178,6 +178,11 @@ class SearchResult:
     measured: int = 0  # of which evaluated by this run (the others came from the store)
     written: list = field(default_factory=list)  # output files (nas.results.write_search_outputs)
 
+    @property
+    def name(self) -> str:
+        """``ALGO-LABEL`` for one budget, ``ALGO-family`` for several: names the search's output files."""
+        return f"{self.algorithm}-{self.budgets[0].label if len(self.budgets) == 1 else 'family'}"
+
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
     return {"step": step, "move": move, "accuracy": metrics.accuracy, "params": metrics.params,
@@ -318,7 +323,7 @@ def nsga2_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budg
         config = store.decode(space, trial.params)
         metrics = evaluate(config, record=False)  # a duplicate config is not evaluated again
         violation = _violation(loosest, metrics)
-        trial.set_user_attr("constraint", [violation])
+        trial.set_constraint("budget", violation)
         for key, value in store.user_attrs(config, metrics, "nsga2").items():
             trial.set_user_attr(key, value)
         study.tell(trial, [metrics.accuracy, metrics.mes])
@@ -344,8 +349,7 @@ def _violation(budget: Budget, metrics: Metrics) -> float:
 
 def nsga2_sampler(seed: int):
     optuna = store._optuna()
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=20,
-                                         constraints_func=lambda trial: trial.user_attrs["constraint"])
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)  # constraints: Trial.set_constraint
 
 
 # -- one search end to end -------------------------------------------------------------------------

@@ -70,3 +70,19 @@ def tiny_lut(tmp_path_factory):
     build_table("efficientformerv2-tiny@32", Backend("torch-cpu", threads=1), path,
                 Protocol(runs=3, warmup=1, rounds=1), progress=False)
     return path
+
+
+QUICKSTART_ARGS = ("--eval-images", "64", "--bn-batches", "1", "--evaluations", "8", "--lut-runs", "3",
+                   "--no-progress")
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """`nas quickstart` end to end at test size (tiny space at 32 px, few images), as a user runs it."""
+    from test_train import small_recipe
+
+    folder = tmp_path_factory.mktemp("quickstart")
+    out, recipe = folder / "qs", small_recipe(folder, epochs=1)
+    result = run_nas("quickstart", "--out", out, "--recipe", recipe, *QUICKSTART_ARGS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, recipe, result

@@ -134,10 +134,10 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     assert first.returncode == 0, first.stderr
     label = f"params-{float(budget[:-1]):.3g}M"
     assert (out / f"fine-grained-{label}.yaml").exists()
-    trajectory = pd.read_csv(out / "fine-grained-trajectory.csv")
+    trajectory = pd.read_csv(out / f"fine-grained-{label}-trajectory.csv")
     assert list(trajectory.columns) == ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
     assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6
-    summary = (out / "fine-grained-summary.md").read_text()
+    summary = (out / f"fine-grained-{label}-summary.md").read_text()
     assert "| budget | top-1 (%)" in summary and "Configs evaluated:" in summary
     # the store: one trial per evaluated config, with metrics and key as attributes
     import optuna
@@ -153,7 +153,7 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     second = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
     assert second.returncode == 0, second.stderr
     assert len(study.trials) == evaluated
-    assert pd.read_csv(out / "fine-grained-trajectory.csv").equals(trajectory)
+    assert pd.read_csv(out / f"fine-grained-{label}-trajectory.csv").equals(trajectory)
     assert f"{evaluated} configs, 0 of them evaluated now" in second.stdout
     # another search in the same folder, over the same supernet and table: a looser budget's trajectory
     # is a prefix of the first one, so it is a new study whose configs all come from the first
@@ -209,13 +209,14 @@ def test_baselines_through_the_cli(algorithm, tiny_supernet_run, tiny_lut, tmp_p
     assert result.returncode == 0, result.stderr
     config_files = list(out.glob(f"{algorithm}-params-*.yaml"))
     assert len(config_files) == 1
-    frame = pd.read_csv(out / f"{algorithm}-trajectory.csv")
+    trajectory = config_files[0].with_name(f"{config_files[0].stem}-trajectory.csv")  # ALGO-LABEL: the search
+    frame = pd.read_csv(trajectory)
     assert (frame["params"].min() <= float(budget[:-1]) * 1e6)
     if algorithm in ("random", "nsga2"):
         assert len(frame) == 12
     again = _search(tiny_supernet_run, tiny_lut, out, "--params", budget, "--algorithm", algorithm,
                     "--evaluations", "12", "--seed", "1")
-    assert again.returncode == 0 and pd.read_csv(out / f"{algorithm}-trajectory.csv").equals(frame)
+    assert again.returncode == 0 and pd.read_csv(trajectory).equals(frame)
 
 
 def _error(result):

@@ -1,0 +1,318 @@
+"""``nas quickstart``: the whole pipeline on the embedded default, into one folder with a report.
+
+Stages, each reusing what an earlier run finished (a killed run resumes where it stopped):
+
+1. **supernet**: ``nas train-supernet --recipe fashion-mnist-tiny`` (resumed from its checkpoint);
+2. **latency table**: ``nas build-lut`` on ``torch-cpu`` (missing blocks only), then
+   ``nas lut validate`` once (the calibration is stored in the table);
+3. **family search**: ``nas search --family`` (fine-grained, one trajectory);
+4. **baselines**: ``nas search --family --algorithm random`` and ``nsga2`` with as many
+   evaluations, for the Pareto plots;
+5. **--params search**: ``nas search --params B`` (its configs mostly come from the store);
+6. **export**: the ``--params`` search's config with the supernet's weights, as ONNX (checked
+   against PyTorch) and Core ML;
+7. **report**: ``OUT/report/``: ``configs/*.yaml``, ``trajectories/*.csv``, ``figures/*.png``
+   and ``summary.md`` naming each figure and the command that made it.
+
+Everything is a call of the functions the ``nas`` commands call; the report names those
+commands so each stage can be rerun (or varied) by hand.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from search_spaces import InvalidInputError, count_params, get_space, parse_params
+from search_spaces.io import atomic_write_text
+
+from nas.search import Budget, SearchResult
+
+BACKEND = "torch-cpu"
+BASELINES = ("random", "nsga2")
+EXPORT_FORMATS = ("onnx", "coreml")
+
+
+@dataclass(frozen=True)
+class QuickstartSettings:
+    out: Path = Path("runs/quickstart")
+    recipe: str = "fashion-mnist-tiny"
+    data_dir: Optional[str] = None
+    params: Optional[str] = None  # the --params search's budget (default: halfway, geometrically, across the space)
+    alpha_latency: float = 1.0
+    alpha_size: float = 0.5
+    evaluations: int = 100  # per baseline
+    eval_images: int = 500
+    bn_batches: int = 2
+    lut_runs: int = 100  # timed runs per block and per validation network
+    validate_samples: int = 20  # held-out networks of the table's validation (10 more fit the calibration)
+    progress: bool = True
+
+
+@dataclass
+class StageLog:
+    """What each stage did, for the summary: name, the equivalent command, seconds, reused or not."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, stage: str, command: str, seconds: float, reused: bool, note: str = "") -> None:
+        self.rows.append({"stage": stage, "command": command, "seconds": seconds, "reused": reused, "note": note})
+
+
+class Quickstart:
+    def __init__(self, settings: QuickstartSettings, echo: Callable[[str], None] = print) -> None:
+        from supernet.recipe import load_recipe
+
+        self.settings, self.echo = settings, echo
+        self.out = Path(settings.out)
+        self.recipe = load_recipe(settings.recipe)
+        self.space = get_space(self.recipe.space)
+        if settings.evaluations < 1:
+            raise InvalidInputError(f"--evaluations {settings.evaluations}: expected a positive number")
+        self.params_budget = Budget("params", parse_params(settings.params) if settings.params else
+                                    float(f"{(count_params(self.space.largest()) * count_params(self.space.smallest())) ** 0.5:.3g}"))
+        self.supernet_dir = self.out / "supernet"
+        self.lut = self.out / "lut" / f"{self.space.name}-{BACKEND}.parquet"
+        self.search_dir = self.out / "search"
+        self.export_dir = self.out / "export"
+        self.report_dir = self.out / "report"
+        self.log = StageLog()
+        self.started = time.perf_counter()
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        """Every stage in order; returns the report's summary."""
+        self.echo(f"nas quickstart: {self.space.name} supernet on {self.recipe.dataset}, {BACKEND} latency table, "
+                  f"searches and exports into {self.out}/")
+        self.train_supernet()
+        self.build_lut()
+        job = self._job()
+        family = job.check(job.default_family())
+        results = {"fine-grained": self._search(job, "3/7 family search", family, "fine-grained", "--family")}
+        for algorithm in BASELINES:
+            results[algorithm] = self._search(job, f"4/7 {algorithm} baseline", family, algorithm,
+                                              f"--family --algorithm {algorithm} --evaluations "
+                                              f"{self.settings.evaluations}")
+        budget = job.check([self.params_budget])[0]
+        params_result = self._search(job, "5/7 --params search", [budget], "fine-grained",
+                                     f"--params {budget.value / 1e6:.3g}M")
+        exports = self.export(params_result)
+        return self.write_report(family, results, params_result, exports)
+
+    def _stage(self, title: str) -> float:
+        self.echo(f"\n== {title} ({(time.perf_counter() - self.started) / 60:.1f} min elapsed)")
+        return time.perf_counter()
+
+    def train_supernet(self) -> None:
+        from supernet.train import CHECKPOINT, load_checkpoint, train_supernet
+
+        started = self._stage("1/7 supernet")
+        command = f"nas train-supernet --recipe {self.settings.recipe} --out {self.supernet_dir}"
+        checkpoint = self.supernet_dir / CHECKPOINT
+        reused = checkpoint.exists() and load_checkpoint(checkpoint).get("finished", False)
+        if reused:
+            self.echo(f"reusing the trained supernet in {self.supernet_dir}")
+        else:
+            self.echo(command + (" --resume" if checkpoint.exists() else ""))
+            train_supernet(self.recipe, self.supernet_dir, resume=checkpoint.exists(), data_dir=self.settings.data_dir,
+                           progress=self.settings.progress)
+        self.log.add("supernet", command, time.perf_counter() - started, reused)
+
+    def build_lut(self) -> None:
+        from latency_lut import Backend, LatencyTable, Protocol, build_table, missing_parts, validate_table, write_report
+
+        started = self._stage("2/7 latency table")
+        protocol = Protocol(runs=self.settings.lut_runs)
+        runs = f" --runs {self.settings.lut_runs}" if self.settings.lut_runs != Protocol().runs else ""
+        command = f"nas build-lut --space {self.space.name} --backend {BACKEND} --out {self.lut}{runs}"
+        table = LatencyTable.load(self.lut) if self.lut.exists() else None
+        reused = table is not None and not missing_parts(table, self.space) and table.calibration is not None
+        if reused:
+            self.echo(f"reusing the calibrated table {self.lut}")
+        else:
+            self.echo(command)
+            table = build_table(self.space, Backend(BACKEND, threads=1), self.lut, protocol,
+                                progress=self.settings.progress)
+            validate = (f"nas lut validate {self.lut} --samples {self.settings.validate_samples} --fit-samples 10"
+                        f"{runs}")
+            self.echo(validate)
+            report = validate_table(table, samples=self.settings.validate_samples, fit_samples=10, protocol=protocol,
+                                    progress=self.settings.progress)
+            write_report(report, self.lut.with_name(f"{self.lut.stem}-validation.csv"),
+                         self.lut.with_name(f"{self.lut.stem}-validation.png"))
+            table.with_calibration(report.calibration).save(self.lut)
+            c = report.calibrated
+            self.echo(f"calibrated prediction on {c.networks} held-out networks: {c.within_10_pct:.0f}% within "
+                      f"±10%, Kendall tau {c.kendall_tau:.3f}, MAPE {c.mape_pct:.1f}%")
+        self.log.add("latency table", command, time.perf_counter() - started, reused)
+
+    def _job(self):
+        from nas.pipeline import SearchJob
+
+        return SearchJob(self.supernet_dir, self.lut, self.search_dir, alpha_latency=self.settings.alpha_latency,
+                         alpha_size=self.settings.alpha_size, eval_images=self.settings.eval_images,
+                         bn_batches=self.settings.bn_batches, data_dir=self.settings.data_dir)
+
+    def _search_command(self, budget_args: str) -> str:
+        s = self.settings
+        return (f"nas search --supernet {self.supernet_dir} --lut {self.lut} {budget_args} --alpha-lat "
+                f"{s.alpha_latency} --alpha-size {s.alpha_size} --eval-images {s.eval_images} --bn-batches "
+                f"{s.bn_batches} --out {self.search_dir}")
+
+    def _search(self, job, title: str, budgets: list[Budget], algorithm: str, budget_args: str) -> SearchResult:
+        started = self._stage(title)
+        command = self._search_command(budget_args)
+        self.echo(command)
+        progress = (lambda line: self.echo("  " + line)) if self.settings.progress else None
+        result = job.run(budgets, algorithm, evaluations=self.settings.evaluations, progress=progress,
+                         command=command)
+        note = f"{result.evaluations} configs, {result.measured} evaluated now"
+        self.echo(f"{algorithm}: {note}, {result.seconds:.0f} s")
+        self.log.add(title.split(" ", 1)[1], command, time.perf_counter() - started, result.measured == 0, note)
+        return result
+
+    def export(self, result: SearchResult) -> dict[str, Path]:
+        from nas.export import export_network
+        from supernet.retrain import load_network
+
+        started = self._stage("6/7 export")
+        exports: dict[str, Path] = {}
+        budget = result.budgets[0]
+        if budget.label not in result.selected:
+            self.echo(f"no config reached {budget.label}: nothing to export")
+            return exports
+        config = result.selected[budget.label][0]
+        config_file = self.search_dir / f"{result.algorithm}-{budget.label}.yaml"
+        model = None
+        reused = True
+        for fmt in EXPORT_FORMATS:
+            target = self.export_dir / f"{result.algorithm}-{budget.label}{'.onnx' if fmt == 'onnx' else '.mlpackage'}"
+            command = f"nas export {config_file} --weights {self.supernet_dir} --format {fmt} --out {target}"
+            if target.exists():
+                exports[fmt] = target
+                self.echo(f"reusing {target}")
+                continue
+            self.echo(command)
+            try:
+                if model is None:
+                    model, config = load_network(self.supernet_dir, config, data_dir=self.settings.data_dir)
+                export_network(model, config, fmt, target)
+            except InvalidInputError as error:  # e.g. no coremltools here: the rest of the report still stands
+                self.echo(f"skipped {fmt}: {error}")
+                continue
+            exports[fmt] = target
+            reused = False
+        self.log.add("export", f"nas export {config_file} --weights {self.supernet_dir} --format onnx|coreml "
+                     f"--out FILE", time.perf_counter() - started, reused, ", ".join(map(str, exports.values())))
+        return exports
+
+    # -- the report --------------------------------------------------------------------------------
+
+    def write_report(self, family: list[Budget], results: dict[str, SearchResult], params_result: SearchResult,
+                     exports: dict[str, Path]) -> Path:
+        from nas.plots import pareto_figure, plot_trajectories, save_figure
+        from nas.results import load_results, load_trajectories
+
+        started = self._stage("7/7 report")
+        configs_dir, trajectories_dir, figures_dir = (self.report_dir / name for name in
+                                                      ("configs", "trajectories", "figures"))
+        for folder in (configs_dir, trajectories_dir, figures_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.search_dir.glob("*.yaml")):
+            shutil.copyfile(path, configs_dir / path.name)
+        for path in sorted(self.search_dir.glob("*-trajectory.csv")):
+            shutil.copyfile(path, trajectories_dir / path.name)
+        frame = load_results(self.search_dir)
+        trajectories = load_trajectories(self.search_dir)
+        trajectories = trajectories[trajectories["search"].str.endswith("-family")]
+        figures = {
+            "pareto.png": ("accuracy against MES, latency and parameters: every evaluated config (dots) and "
+                           "each algorithm's Pareto front (lines), with the fine-grained search's trajectory",
+                           save_figure(pareto_figure(frame, trajectories), figures_dir / "pareto.png")),
+            "trajectory.png": ("the fine-grained search from the largest config down, with the family's budgets",
+                               save_figure(self._trajectory_figure(trajectories, family, plot_trajectories),
+                                           figures_dir / "trajectory.png")),
+        }
+        validation = self.lut.with_name(f"{self.lut.stem}-validation.png")
+        if validation.exists():
+            shutil.copyfile(validation, figures_dir / "lut-validation.png")
+            figures["lut-validation.png"] = ("the latency table's calibrated predictions against measured "
+                                             "networks", figures_dir / "lut-validation.png")
+        summary = self.report_dir / "summary.md"
+        atomic_write_text(summary, self._summary(family, results, params_result, exports, figures, frame))
+        self.log.add("report", "", time.perf_counter() - started, False)
+        self.echo(f"report: {summary}")
+        return summary
+
+    def _trajectory_figure(self, trajectories, family: list[Budget], plot_trajectories):
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7, 4.5), dpi=100)
+        ax = figure.add_subplot()
+        plot_trajectories(trajectories[trajectories["search"] == "fine-grained-family"], "params_m", ax)
+        for budget in family:
+            ax.axvline(budget.value / 1e6, color="grey", linestyle=":", linewidth=1)
+            ax.text(budget.value / 1e6, ax.get_ylim()[0], f" {budget.label}", rotation=90, fontsize=7,
+                    va="bottom", color="grey")
+        figure.tight_layout()
+        return figure
+
+    def _summary(self, family, results, params_result, exports, figures, frame) -> str:
+        s = self.settings
+        quickstart = "nas quickstart" + (f" --out {shlex.quote(str(self.out))}" if self.out != Path("runs/quickstart")
+                                         else "")
+        lines = ["# nas quickstart: report", "",
+                 f"Space `{self.space.name}` ({self.space.resolution} px), data `{self.recipe.dataset}`, latency "
+                 f"table `{BACKEND}` (1 thread), MES with alpha_latency {s.alpha_latency}, alpha_size "
+                 f"{s.alpha_size}; accuracy is top-1 on {s.eval_images} held-out training images after BatchNorm "
+                 f"recalibration on {s.bn_batches} batches. Made by `{quickstart}`.", "",
+                 "## Family search: the config at each budget", "",
+                 "| budget | algorithm | top-1 (%) | params (M) | latency (ms) | MES | config |",
+                 "|---|---|---|---|---|---|---|"]
+        for budget in family:
+            for algorithm, result in results.items():
+                if budget.label in result.selected:
+                    m = result.selected[budget.label][1]
+                    lines.append(f"| {budget.label} | {algorithm} | {m.accuracy:.2f} | {m.params / 1e6:.3f} | "
+                                 f"{m.latency_ms:.3f} | {m.mes:.1f} | `{m.key}` |")
+        budget = params_result.budgets[0]
+        lines += ["", f"## The `--params {budget.value / 1e6:.3g}M` search", ""]
+        if budget.label in params_result.selected:
+            m = params_result.selected[budget.label][1]
+            lines.append(f"Selected `{m.key}`: top-1 {m.accuracy:.2f}%, {m.params / 1e6:.3f} M params, "
+                         f"{m.latency_ms:.3f} ms predicted, MES {m.mes:.1f}. Config: "
+                         f"`configs/fine-grained-{budget.label}.yaml`.")
+        else:
+            lines.append(f"No config reached {budget.label}.")
+        if exports:
+            lines += ["", "Exported with the supernet's weights (BatchNorm recalibrated): " + ", ".join(
+                f"`{path}` ({fmt})" for fmt, path in exports.items()) + "."]
+        lines += ["", "## Figures", ""]
+        for name, (what, _) in figures.items():
+            made_by = (f"`nas lut validate {self.lut} --samples {s.validate_samples} --fit-samples 10` (stage 2)"
+                       if name == "lut-validation.png" else
+                       f"`{quickstart}` (stage 7: `nas.plots` over the results store in `{self.search_dir}`)")
+            lines += [f"- `figures/{name}`: {what}. Made by {made_by}.", f"  ![{name}](figures/{name})"]
+        lines += ["", "## Stages", "", "| stage | command | wall time (s) | reused | note |", "|---|---|---|---|---|"]
+        for row in self.log.rows:
+            lines.append(f"| {row['stage']} | `{row['command']}` | {row['seconds']:.0f} | "
+                         f"{'yes' if row['reused'] else 'no'} | {row['note']} |")
+        total = time.perf_counter() - self.started
+        lines += ["", f"Total wall time of this run: {total:.0f} s ({total / 60:.1f} min). The results store holds "
+                  f"{frame['key'].nunique()} distinct evaluated configs in {frame['study'].nunique()} studies: "
+                  f"`nas results show {self.search_dir}`; in Python, `nas.results.load_results`; in Jupyter, "
+                  "`experiments/notebooks/pareto_fronts.ipynb`.", "",
+                  "Files: `configs/` (one YAML per budget and algorithm), `trajectories/` (one CSV per search: "
+                  "step, move, accuracy, params, latency_ms, mes, utility, key), `figures/`."]
+        return "\n".join(lines) + "\n"
+
+
+def run_quickstart(settings: QuickstartSettings, echo: Callable[[str], None] = print) -> Path:
+    return Quickstart(settings, echo).run()
+
+
+__all__ = ["QuickstartSettings", "run_quickstart"]

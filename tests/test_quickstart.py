@@ -1,0 +1,75 @@
+"""`nas quickstart` (test-sized) end to end: the report it writes, a rerun that reuses every stage,
+and the Pareto notebook run by a real Jupyter kernel on its results."""
+import re
+
+import nbformat
+import optuna
+import pandas as pd
+from nbclient import NotebookClient
+
+from conftest import QUICKSTART_ARGS, ROOT, run_nas
+from nas import store
+from search_spaces import load_config
+from supernet.train import CHECKPOINT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quickstart_writes_the_report(quickstart_run):
+    out, _, result = quickstart_run
+    for stage in range(1, 8):
+        assert f"== {stage}/7 " in result.stdout  # progress: every stage announced
+    report = out / "report"
+    summary = (report / "summary.md").read_text()
+    figures = sorted((report / "figures").glob("*.png"))
+    assert {f.name for f in figures} == {"pareto.png", "trajectory.png", "lut-validation.png"}
+    for figure in figures:
+        assert figure.read_bytes()[:8] == PNG
+        # the summary names each figure and the command that made it
+        line = next(line for line in summary.splitlines() if f"`figures/{figure.name}`" in line)
+        assert "Made by `nas " in line
+    configs = sorted((report / "configs").glob("*.yaml"))
+    algorithms = {c.name.split("-params-")[0] for c in configs}
+    assert algorithms == {"fine-grained", "random", "nsga2"}
+    for config in configs:
+        assert load_config(config).space == "efficientformerv2-tiny@32"
+    trajectory = pd.read_csv(report / "trajectories" / "fine-grained-family-trajectory.csv")
+    assert trajectory["params"].is_monotonic_decreasing and trajectory["move"].iloc[0] == "start"
+    # the --params search's config, exported and named in the summary
+    selected = re.search(r"Selected `([^`]+)`", summary).group(1)
+    exported = sorted(p.name for p in (out / "export").iterdir())
+    assert any(name.endswith(".onnx") for name in exported) and any(name.endswith(".mlpackage") for name in exported)
+    assert load_config(next((report / "configs").glob("fine-grained-params-0.3*.yaml"))).key == selected
+    for command in ("nas train-supernet", "nas build-lut", "nas search", "nas export"):
+        assert command in summary
+
+
+def test_quickstart_again_reuses_every_stage(quickstart_run):
+    out, recipe, _ = quickstart_run
+    checkpoint = out / "supernet" / CHECKPOINT
+    before = checkpoint.stat().st_mtime_ns
+    storage = store.default_storage(out / "search")
+    trials = sum(s.n_trials for s in optuna.study.get_all_study_summaries(storage))
+    again = run_nas("quickstart", "--out", out, "--recipe", recipe, *QUICKSTART_ARGS)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing the trained supernet" in again.stdout and "reusing the calibrated table" in again.stdout
+    assert again.stdout.count("0 evaluated now") == 4 and again.stdout.count("reusing ") >= 4
+    assert checkpoint.stat().st_mtime_ns == before
+    assert sum(s.n_trials for s in optuna.study.get_all_study_summaries(storage)) == trials
+
+
+def test_pareto_notebook_runs_on_the_quickstart_results(quickstart_run, monkeypatch):
+    out, _, _ = quickstart_run
+    monkeypatch.setenv("NAS_RESULTS", str(out / "search"))
+    path = ROOT / "experiments" / "notebooks" / "pareto_fronts.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "evaluated configs in 4 studies" in text
+    for algorithm in ("fine-grained", "random", "nsga2"):
+        assert algorithm in text  # the per-algorithm table and the Pareto sets
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the fronts and the trajectories
