@@ -23,8 +23,7 @@ data:
 	@sh scripts/install_data.sh
 
 demo: install
-	$(BIN)/nas space presets
-	BIN=$(BIN) sh scripts/demo.sh
+	$(BIN)/nas quickstart
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -45,6 +45,15 @@ def test_train_resume_and_load_a_network(tmp_path):
 
     splits = Splits(load_recipe(recipe), 32)
     assert abs(evaluate(model, splits.eval_loader("val")).top1 - metrics[1]["val_top1"]) < 1e-3  # logged rounded
+    # and exported from its checkpoint file: the ONNX network computes the trained network's logits
+    exported = nas_main("export", path, "--weights", run / CHECKPOINT, "--format", "onnx", "--out", tmp_path / "n.onnx")
+    assert exported.returncode == 0 and "outputs equal PyTorch's" in exported.stdout, exported.stderr
+    import onnxruntime as ort
+
+    images = next(iter(splits.eval_loader("test", batch_size=4)))[0]
+    logits = ort.InferenceSession(str(tmp_path / "n.onnx")).run(["y"], {"x": images.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(images), atol=1e-4)
 
 
 def test_distil_from_the_supernet(tmp_path, tiny_supernet_run):

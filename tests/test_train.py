@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from conftest import ROOT, nas_main, run_nas
-from search_spaces import InvalidInputError
+from search_spaces import InvalidInputError, get_space, save_config
 from supernet.data import ResumableSampler, Splits
 from supernet.recipe import Recipe, load_recipe
 from supernet.train import CHECKPOINT, load_checkpoint, load_supernet
@@ -114,12 +114,16 @@ def test_sigkill_mid_epoch_then_resume_loses_and_repeats_no_step(tmp_path):
     assert load_checkpoint(run / CHECKPOINT)["finished"]
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
+@pytest.mark.parametrize("command", ["train-supernet", "train"])
+def test_torchrun_two_processes_gloo(tmp_path, command):
+    """The supernet, and a network from scratch (`nas train`, the same loop), under torchrun."""
     recipe_path = small_recipe(tmp_path, epochs=1, max_train_images=256, val_split=64)
     run = tmp_path / "run"
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nas.cli",
-                             "train-supernet", "--recipe", str(recipe_path), "--out", str(run), "--no-progress"],
+    what = [] if command == "train-supernet" else [str(save_config(get_space(SMALL["space"]).sample(0),
+                                                                   tmp_path / "config.yaml"))]
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "nas.cli", command, *what,
+                             "--recipe", str(recipe_path), "--out", str(run), "--no-progress"],
                             cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -128,7 +132,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert [s["global_step"] for s in steps] == [1, 2, 3, 4]
     environment = json.loads((run / "environment.json").read_text())
     assert environment["world_size"] == 2
-    checkpoint = load_checkpoint(run / CHECKPOINT)
+    checkpoint = load_checkpoint(run / CHECKPOINT, "supernet" if command == "train-supernet" else "network")
     assert len(checkpoint["rng"]) == 2 and checkpoint["finished"]
     # lr scaled by the global batch
     assert checkpoint["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(
