@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from nas import lut_commands, pipeline_commands, search_commands, train_commands
 
+    pipeline_commands.register(commands)  # quickstart first: what a new user runs
     train_commands.register(commands)
     lut_commands.register(commands)
     search_commands.register(commands)
-    pipeline_commands.register(commands)
     return parser
 
 

@@ -6,8 +6,9 @@ Algorithms (``ALGORITHMS``):
   (shrink a width, shrink one FFN's expansion, drop a block, drop a block's MHSA) by
   accuracy drop per MES gain and takes the best (smallest ``dAcc / dMES``). A move that
   does not lower accuracy wins outright; among several such, the one with the largest
-  MES gain. Remaining ties go to the first move in the space's fixed move order. It stops when every budget is met, recording the config as the
-  trajectory crosses each budget.
+  MES gain. Remaining ties go to the first move in the space's fixed move order. It
+  stops when every budget is met, recording the config as the trajectory crosses each
+  budget.
 * ``v1-scale``: the same loop with depth and width moves only (expansion fixed at the
   largest), EfficientFormer V1's search space.
 * ``v1-scale+prune``: ``v1-scale`` to a budget loosened by ``PRUNE_SLACK``, then
