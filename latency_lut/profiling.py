@@ -124,7 +124,8 @@ def keep_freed_memory() -> bool:
     Here that made some stage-1 FFN blocks at 224 px 2-4x slower alone (``ffn_c40_r56_e4``:
     p10 9.8 ms, 2.3 ms with memory kept) and non-monotonic in their width. With both
     thresholds high, blocks and networks reuse memory as a runtime with a memory plan does.
-    A process-wide setting, applied only where torch measures; returns whether it applied
+    A process-wide setting, applied where torch measures and where the search evaluates
+    many configs (:class:`nas.objectives.SupernetAccuracy`); returns whether it applied
     (glibc only).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
