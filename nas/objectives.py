@@ -51,8 +51,8 @@ class SupernetAccuracy:
 
     def __init__(self, supernet_run: Path, eval_images: int = 1000, bn_batches: int = 4, batch_size: int = 128,
                  data_dir: Optional[str] = None, split: str = "val") -> None:
-        from supernet.data import Splits
         from latency_lut.profiling import keep_freed_memory
+        from supernet.data import Splits
         from supernet.evaluate import flush_denormals
         from supernet.train import load_supernet
 

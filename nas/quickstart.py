@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from search_spaces import InvalidInputError, count_params, get_space, parse_params
 from search_spaces.io import atomic_write_text
 
+from nas.mes import check_alpha
 from nas.search import Budget, SearchResult
 
 BACKEND = "torch-cpu"
@@ -70,10 +71,19 @@ class Quickstart:
         self.out = Path(settings.out)
         self.recipe = load_recipe(settings.recipe)
         self.space = get_space(self.recipe.space)
-        if settings.evaluations < 1:
-            raise InvalidInputError(f"--evaluations {settings.evaluations}: expected a positive number")
-        self.params_budget = Budget("params", parse_params(settings.params) if settings.params else
-                                    float(f"{(count_params(self.space.largest()) * count_params(self.space.smallest())) ** 0.5:.3g}"))
+        # bad input is refused here, before the supernet trains
+        check_alpha(settings.alpha_latency, "--alpha-lat")
+        check_alpha(settings.alpha_size, "--alpha-size")
+        for name in ("evaluations", "eval_images", "bn_batches"):
+            if getattr(settings, name) < 1:
+                raise InvalidInputError(f"--{name.replace('_', '-')} {getattr(settings, name)}: expected a positive "
+                                        f"number")
+        smallest, largest = count_params(self.space.smallest()), count_params(self.space.largest())
+        params = parse_params(settings.params) if settings.params else float(f"{(smallest * largest) ** 0.5:.3g}")
+        if params < smallest:
+            raise InvalidInputError(f"--params {settings.params} is unreachable: the smallest config of "
+                                    f"{self.space.name!r} has {smallest / 1e6:.3f}M params")
+        self.params_budget = Budget("params", params)
         self.supernet_dir = self.out / "supernet"
         self.lut = self.out / "lut" / f"{self.space.name}-{BACKEND}.parquet"
         self.search_dir = self.out / "search"

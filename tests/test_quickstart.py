@@ -7,7 +7,7 @@ import optuna
 import pandas as pd
 from nbclient import NotebookClient
 
-from conftest import QUICKSTART_ARGS, ROOT, run_nas
+from conftest import QUICKSTART_ARGS, ROOT, nas_main, run_nas
 from nas import store
 from search_spaces import load_config
 from supernet.train import CHECKPOINT
@@ -73,3 +73,16 @@ def test_pareto_notebook_runs_on_the_quickstart_results(quickstart_run, monkeypa
         assert algorithm in text  # the per-algorithm table and the Pareto sets
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the fronts and the trajectories
+
+
+def test_bad_quickstart_input_stops_before_any_work(tmp_path):
+    def error(*args):
+        result = nas_main("quickstart", "--out", tmp_path / "qs", *args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        return result.stderr
+
+    assert "unreachable" in error("--params", "1K")
+    assert "--alpha-size = 2.0 is outside [0, 1]" in error("--alpha-size", "2")
+    assert "--evaluations 0" in error("--evaluations", "0")
+    assert "recipe 'nope' does not exist" in error("--recipe", "nope")
+    assert not (tmp_path / "qs").exists()
