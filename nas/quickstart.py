@@ -84,6 +84,9 @@ class Quickstart:
             raise InvalidInputError(f"--params {settings.params} is unreachable: the smallest config of "
                                     f"{self.space.name!r} has {smallest / 1e6:.3f}M params")
         self.params_budget = Budget("params", params)
+        from latency_lut import Protocol
+
+        self.protocol = Protocol(runs=settings.lut_runs)
         self.supernet_dir = self.out / "supernet"
         self.lut = self.out / "lut" / f"{self.space.name}-{BACKEND}.parquet"
         self.search_dir = self.out / "search"
@@ -136,8 +139,8 @@ class Quickstart:
         from latency_lut import Backend, LatencyTable, Protocol, build_table, missing_parts, validate_table, write_report
 
         started = self._stage("2/7 latency table")
-        protocol = Protocol(runs=self.settings.lut_runs)
-        runs = f" --runs {self.settings.lut_runs}" if self.settings.lut_runs != Protocol().runs else ""
+        protocol = self.protocol
+        runs = f" --runs {protocol.runs}" if protocol.runs != Protocol().runs else ""
         command = f"nas build-lut --space {self.space.name} --backend {BACKEND} --out {self.lut}{runs}"
         table = LatencyTable.load(self.lut) if self.lut.exists() else None
         reused = table is not None and not missing_parts(table, self.space) and table.calibration is not None

@@ -84,5 +84,6 @@ def test_bad_quickstart_input_stops_before_any_work(tmp_path):
     assert "unreachable" in error("--params", "1K")
     assert "--alpha-size = 2.0 is outside [0, 1]" in error("--alpha-size", "2")
     assert "--evaluations 0" in error("--evaluations", "0")
+    assert "runs = 1" in error("--lut-runs", "1")
     assert "recipe 'nope' does not exist" in error("--recipe", "nope")
     assert not (tmp_path / "qs").exists()
