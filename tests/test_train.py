@@ -231,3 +231,38 @@ def test_sampler_resumes_mid_epoch_and_shards():
     assert len(a) == len(b) == 48 and not set(a) & set(b)
     with pytest.raises(InvalidInputError, match="fewer than one global batch"):
         ResumableSampler(10, seed=0, batch_size=8, world_size=2)
+
+
+def test_imagenet_style_folder_through_timm_readers(tmp_path):
+    """An ImageNet-style folder (real Fashion-MNIST images saved as PNG files in DIR/train/<class>/ and
+    DIR/val/<class>/) read by timm's dataset reader, trained on and evaluated through the CLI."""
+    from PIL import Image
+
+    fashion = Splits(load_recipe("fashion-mnist-tiny"), 32)
+    base = fashion._base(True)
+    counts = {"train": 0, "val": 0}
+    for index in range(200):
+        image, label = base[index]
+        if label >= 3:
+            continue
+        split = "val" if index % 4 == 0 else "train"
+        folder = tmp_path / "data" / split / f"class{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index}.png")
+        counts[split] += 1
+    recipe = small_recipe(tmp_path, dataset="imagenet-folder", epochs=1, max_train_images=None, val_split=8,
+                          batch_size=8, eval_images=None)
+    splits = Splits(load_recipe(recipe), 32, data_dir=str(tmp_path / "data"))
+    assert splits.num_classes == 3
+    assert len(splits.dataset("train")) + len(splits.dataset("val")) == counts["train"]
+    assert len(splits.dataset("test")) == counts["val"]  # DIR/val is the unseen test split
+    images, labels, _ = next(iter(splits.eval_loader("test", batch_size=4)))
+    assert images.shape == (4, 3, 32, 32) and set(labels.tolist()) <= {0, 1, 2}
+    run = tmp_path / "run"
+    result = run_nas("train-supernet", "--recipe", recipe, "--data-dir", tmp_path / "data", "--out", run,
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint(run / CHECKPOINT)["num_classes"] == 3
+    missing = nas_main("train-supernet", "--recipe", recipe, "--data-dir", tmp_path / "nope", "--out",
+                       tmp_path / "run2")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and not (tmp_path / "run2").exists()
