@@ -27,7 +27,7 @@ _EXPORTS = {
     "SCHEMA_VERSION": "table", "Calibration": "table", "LatencyTable": "table",
     "Accuracy": "validation", "ValidationReport": "validation", "accuracy": "validation",
     "fit_calibration": "validation", "kendall_tau": "validation", "stratified_configs": "validation",
-    "validate_table": "validation", "write_report": "validation",
+    "validate_and_calibrate": "validation", "validate_table": "validation", "write_report": "validation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -153,6 +153,29 @@ def validate_table(table: LatencyTable, samples: int = 50, seed: int = 0, fit_sa
                             accuracy(np.take(calibrated, holdout), measured[holdout]))
 
 
+def validation_paths(path: Union[str, Path], out_dir: Optional[Union[str, Path]] = None) -> tuple[Path, Path]:
+    """Where a table's validation report goes: ``TABLE-validation.csv`` and ``.png``."""
+    path = Path(path)
+    folder = Path(out_dir) if out_dir else path.parent
+    return folder / f"{path.stem}-validation.csv", folder / f"{path.stem}-validation.png"
+
+
+def validate_and_calibrate(path: Union[str, Path], samples: int = 50, seed: int = 0, fit_samples: int = 20,
+                           protocol: Protocol = Protocol(), out_dir: Optional[Union[str, Path]] = None,
+                           progress: bool = True) -> tuple[ValidationReport, Path, Path]:
+    """Validate the table at ``path`` (:func:`validate_table`), write ``TABLE-validation.csv`` and
+    ``.png`` into ``out_dir`` (default: beside the table) and store the calibration in the table.
+    Returns the report and the two files written."""
+    path = Path(path)
+    table = LatencyTable.load(path)
+    report = validate_table(table, samples=samples, seed=seed, fit_samples=fit_samples, protocol=protocol,
+                            progress=progress)
+    csv_path, png_path = validation_paths(path, out_dir)
+    write_report(report, csv_path, png_path)
+    table.with_calibration(report.calibration).save(path)
+    return report, csv_path, png_path
+
+
 def write_report(report: ValidationReport, csv_path: Union[str, Path], png_path: Optional[Union[str, Path]]) -> None:
     """The per-network CSV and a scatter plot (measured vs predicted) as PNG."""
     with atomic_path(csv_path) as tmp:

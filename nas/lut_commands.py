@@ -55,17 +55,14 @@ def cmd_lut_show(args: argparse.Namespace) -> None:
 def cmd_lut_validate(args: argparse.Namespace) -> None:
     from latency_lut import LatencyTable
 
-    table = LatencyTable.load(args.file)  # before torch loads: a bad file is answered at once
-    from latency_lut import Protocol, validate_table, write_report
+    LatencyTable.load(args.file)  # before torch loads: a bad file is answered at once
+    from latency_lut import Protocol, validate_and_calibrate
 
-    report = validate_table(table, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples,
-                            protocol=Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds),
-                            progress=not args.quiet)
     path = Path(args.file)
-    out_dir = Path(args.out_dir) if args.out_dir else path.parent
-    csv_path, png_path = out_dir / f"{path.stem}-validation.csv", out_dir / f"{path.stem}-validation.png"
-    write_report(report, csv_path, png_path)
-    table.with_calibration(report.calibration).save(path)
+    report, csv_path, png_path = validate_and_calibrate(
+        path, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples,
+        protocol=Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds), out_dir=args.out_dir,
+        progress=not args.quiet)
     c = report.calibration
     print(f"calibration: measured = {c.a:.4f} * sum_of_blocks + {c.b:.4f} ms (fitted on {c.networks} networks, "
           f"stored in {path})")

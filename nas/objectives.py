@@ -50,7 +50,8 @@ class SupernetAccuracy:
     """Top-1 of configs from a trained supernet on fixed in-memory batches (cached by key)."""
 
     def __init__(self, supernet_run: Path, eval_images: int = 1000, bn_batches: int = 4, batch_size: int = 128,
-                 data_dir: Optional[str] = None, split: str = "val") -> None:
+                 data_dir: Optional[str] = None, split: str = "val", loaded: Optional[tuple] = None) -> None:
+        """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
         from latency_lut.profiling import keep_freed_memory
         from supernet.data import Splits
         from supernet.evaluate import flush_denormals
@@ -60,7 +61,7 @@ class SupernetAccuracy:
         # every config has other activation shapes: with glibc's default, each evaluation pays fresh
         # page faults for them (measured: 0.34 s -> 0.27 s an evaluation on the tiny space, 500 images)
         keep_freed_memory()
-        self.supernet, recipe = load_supernet(Path(supernet_run))
+        self.supernet, recipe = loaded or load_supernet(Path(supernet_run))
         if eval_images < 1:
             raise InvalidInputError(f"--eval-images {eval_images}: expected a positive number of images")
         splits = Splits(recipe.replace(eval_images=eval_images), self.supernet.space.resolution, data_dir=data_dir)

@@ -45,7 +45,8 @@ class SearchJob:
                                     f"numbers")
         self.supernet_run, self.lut, self.out = Path(supernet_run), Path(lut), Path(out)
         table = LatencyTable.load(self.lut)
-        space = load_supernet(self.supernet_run)[0].space
+        loaded = load_supernet(self.supernet_run)
+        space = loaded[0].space
         if table.space != space.name:
             raise InvalidInputError(f"the supernet in {str(supernet_run)!r} is of space {space.name!r} but the "
                                     f"latency table {str(lut)!r} of space {table.space!r}; expected one space for both")
@@ -59,7 +60,7 @@ class SearchJob:
             self.out.mkdir(parents=True, exist_ok=True)
         check_storage(self.storage)
         self.accuracy = SupernetAccuracy(self.supernet_run, eval_images=eval_images, bn_batches=bn_batches,
-                                         data_dir=data_dir)
+                                         data_dir=data_dir, loaded=loaded)
         self.space = space
         self.objectives = Objectives.from_table(space, table, self.accuracy, alpha_latency, alpha_size)
         # what a config's metrics depend on: the weights and the table themselves (a supernet retrained in the

@@ -136,7 +136,7 @@ class Quickstart:
         self.log.add("supernet", command, time.perf_counter() - started, reused)
 
     def build_lut(self) -> None:
-        from latency_lut import Backend, LatencyTable, Protocol, build_table, missing_parts, validate_table, write_report
+        from latency_lut import Backend, LatencyTable, Protocol, build_table, missing_parts, validate_and_calibrate
 
         started = self._stage("2/7 latency table")
         protocol = self.protocol
@@ -148,16 +148,13 @@ class Quickstart:
             self.echo(f"reusing the calibrated table {self.lut}")
         else:
             self.echo(command)
-            table = build_table(self.space, Backend(BACKEND, threads=1), self.lut, protocol,
-                                progress=self.settings.progress)
+            build_table(self.space, Backend(BACKEND, threads=1), self.lut, protocol, progress=self.settings.progress)
             validate = (f"nas lut validate {self.lut} --samples {self.settings.validate_samples} --fit-samples 10"
                         f"{runs}")
             self.echo(validate)
-            report = validate_table(table, samples=self.settings.validate_samples, fit_samples=10, protocol=protocol,
-                                    progress=self.settings.progress)
-            write_report(report, self.lut.with_name(f"{self.lut.stem}-validation.csv"),
-                         self.lut.with_name(f"{self.lut.stem}-validation.png"))
-            table.with_calibration(report.calibration).save(self.lut)
+            report, _, _ = validate_and_calibrate(
+                self.lut, samples=self.settings.validate_samples, fit_samples=10, protocol=protocol,
+                progress=self.settings.progress)
             c = report.calibrated
             self.echo(f"calibrated prediction on {c.networks} held-out networks: {c.within_10_pct:.0f}% within "
                       f"±10%, Kendall tau {c.kendall_tau:.3f}, MAPE {c.mape_pct:.1f}%")
@@ -189,7 +186,7 @@ class Quickstart:
         return result
 
     def export(self, result: SearchResult) -> dict[str, Path]:
-        from nas.export import export_network
+        from nas.export import FORMATS, export_network
         from supernet.retrain import load_network
 
         started = self._stage("6/7 export")
@@ -203,7 +200,7 @@ class Quickstart:
         model = None
         reused = True
         for fmt in EXPORT_FORMATS:
-            target = self.export_dir / f"{result.algorithm}-{budget.label}{'.onnx' if fmt == 'onnx' else '.mlpackage'}"
+            target = self.export_dir / f"{result.algorithm}-{budget.label}{FORMATS[fmt]}"
             command = f"nas export {config_file} --weights {self.supernet_dir} --format {fmt} --out {target}"
             if target.exists():
                 exports[fmt] = target
@@ -250,7 +247,9 @@ class Quickstart:
                                save_figure(self._trajectory_figure(trajectories, family, plot_trajectories),
                                            figures_dir / "trajectory.png")),
         }
-        validation = self.lut.with_name(f"{self.lut.stem}-validation.png")
+        from latency_lut.validation import validation_paths
+
+        validation = validation_paths(self.lut)[1]
         if validation.exists():
             shutil.copyfile(validation, figures_dir / "lut-validation.png")
             figures["lut-validation.png"] = ("the latency table's calibrated predictions against measured "

@@ -32,6 +32,7 @@ from supernet.train import (
     load_checkpoint,
     run_training,
     soft_cross_entropy,
+    supernet_from_checkpoint,
 )
 
 NETWORK = "network"
@@ -157,7 +158,6 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
     if config is not None and get_space(config.space).name != payload["space"]:
         raise InvalidInputError(f"the config is of space {config.space!r} but the weights {str(weights)!r} are of "
                                 f"space {payload['space']!r}; expected weights trained on the config's space")
-    recipe = Recipe.from_dict(payload["recipe"], source=f"{path} recipe")
     if kind == NETWORK:
         stored = parse_config_text(payload["config"], source=f"{path} config")[0]
         if config is not None and config.key != stored.key:
@@ -165,15 +165,12 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
         model = build_model(stored, num_classes=payload["num_classes"])
         model.load_state_dict(payload["model"])
         return model.eval(), stored
-    from supernet.supernet import Supernet
-
     flush_denormals()
-    supernet = Supernet(payload["space"], num_classes=payload["num_classes"])
-    supernet.load_state_dict(payload["model"])
+    supernet, recipe = supernet_from_checkpoint(payload, path)
     config = config or supernet.space.largest()
     splits = Splits(recipe, supernet.space.resolution, data_dir=data_dir)
     calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
-    model = recalibrate_bn(supernet.eval(), config, calib, recipe.bn_batches)
+    model = recalibrate_bn(supernet, config, calib, recipe.bn_batches)
     return model.eval(), config
 
 

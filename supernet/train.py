@@ -458,11 +458,16 @@ def load_supernet(run_dir: Path, device: Optional[torch.device] = None) -> tuple
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
     if not run_dir.exists():
         raise InvalidInputError(f"supernet run {str(run_dir)!r} does not exist")
-    payload = load_checkpoint(path)
+    supernet, recipe = supernet_from_checkpoint(load_checkpoint(path), path)
+    return supernet.to(device or torch.device("cpu")).eval(), recipe
+
+
+def supernet_from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[Supernet, Recipe]:
+    """The supernet (eval mode, CPU) and recipe of a loaded supernet checkpoint."""
     recipe = Recipe.from_dict(payload["recipe"], source=f"{path} recipe")
     supernet = Supernet(payload["space"], num_classes=payload["num_classes"], drop_path_rate=recipe.drop_path)
     supernet.load_state_dict(payload["model"])
-    return supernet.to(device or torch.device("cpu")).eval(), recipe
+    return supernet.eval(), recipe
 
 
 def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", data_dir: Optional[str] = None,
@@ -481,4 +486,4 @@ def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", dat
 
 
 __all__ = ["SupernetTask", "TrainResult", "TrainingDiverged", "TrainingTask", "evaluate", "evaluate_config",
-           "load_supernet", "run_training", "sandwich_step", "train_supernet"]
+           "load_supernet", "run_training", "sandwich_step", "supernet_from_checkpoint", "train_supernet"]

@@ -236,8 +236,6 @@ def test_sampler_resumes_mid_epoch_and_shards():
 def test_imagenet_style_folder_through_timm_readers(tmp_path):
     """An ImageNet-style folder (real Fashion-MNIST images saved as PNG files in DIR/train/<class>/ and
     DIR/val/<class>/) read by timm's dataset reader, trained on and evaluated through the CLI."""
-    from PIL import Image
-
     fashion = Splits(load_recipe("fashion-mnist-tiny"), 32)
     base = fashion._base(True)
     counts = {"train": 0, "val": 0}
