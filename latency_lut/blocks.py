@@ -22,13 +22,9 @@ from search_spaces._torchvision_fix import ensure_torchvision
 
 ensure_torchvision()
 from timm.layers import LayerScale2d  # noqa: E402
-from timm.models.efficientformer_v2 import (  # noqa: E402
-    Attention2d,
-    Attention2dDownsample,
-    Downsample,
-    EfficientFormerV2Block,
-    Stem4,
-)
+from timm.models.efficientformer_v2 import Downsample, EfficientFormerV2Block, Stem4  # noqa: E402
+
+from search_spaces.model import attention, downsample_attention  # noqa: E402
 
 #: timm's LayerScale init; its value does not change the latency
 LAYER_SCALE_INIT = 1e-5
@@ -73,10 +69,8 @@ class MhsaResidual(nn.Module):
 
     def __init__(self, part: Part) -> None:
         super().__init__()
-        a = part.attention
-        self.token_mixer = Attention2d(part.in_channels, key_dim=a.key_dim, num_heads=a.num_heads,
-                                       attn_ratio=a.attn_ratio, resolution=part.resolution,
-                                       stride=part.stride if part.stride > 1 else None)
+        self.token_mixer = attention(part.attention, part.in_channels, part.resolution,
+                                     part.stride if part.stride > 1 else None)
         self.ls1 = LayerScale2d(part.in_channels, LAYER_SCALE_INIT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +104,7 @@ def build_part_module(part: Part) -> nn.Module:
         module = Downsample(part.in_channels, part.out_channels, resolution=part.resolution, use_attn=False)
         if part.kind == "attn_downsample":
             # the space's attention settings, as search_spaces.model builds the network
-            module.attn = Attention2dDownsample(dim=part.in_channels, out_dim=part.out_channels,
-                                                resolution=part.resolution, **vars(part.attention))
+            module.attn = downsample_attention(part.attention, part.in_channels, part.out_channels, part.resolution)
     elif part.kind == "ffn":
         module = EfficientFormerV2Block(part.in_channels, mlp_ratio=part.expansion, use_attn=False,
                                         layer_scale_init_value=LAYER_SCALE_INIT)

@@ -15,7 +15,7 @@ from torch import nn
 from search_spaces._torchvision_fix import ensure_torchvision
 from search_spaces.config import SubnetConfig
 from search_spaces.parts import BILINEAR_MACS_PER_OUTPUT
-from search_spaces.space import TIMM_ATTENTION, TIMM_DOWNSAMPLE_ATTENTION, SearchSpace, get_space
+from search_spaces.space import TIMM_ATTENTION, TIMM_DOWNSAMPLE_ATTENTION, AttentionSettings, SearchSpace, get_space
 
 ensure_torchvision()
 from timm.layers import DropPath, LayerScale2d  # noqa: E402
@@ -59,9 +59,8 @@ def build_model(config: SubnetConfig, num_classes: Optional[int] = None, drop_pa
                 timm_stage.blocks[position] = _mhsa_block(space, index, stage.width, block.expansion, resolution,
                                                           timm_stage.blocks[position], layer_scale_init_value)
         if index == len(config.stages) - 1 and space.downsample_attention != TIMM_DOWNSAMPLE_ATTENTION:
-            timm_stage.downsample.attn = Attention2dDownsample(
-                dim=config.stages[index - 1].width, out_dim=stage.width,
-                resolution=space.stage_resolution(index - 1), **vars(space.downsample_attention))
+            timm_stage.downsample.attn = downsample_attention(space.downsample_attention, config.stages[index - 1].width,
+                                                              stage.width, space.stage_resolution(index - 1))
     model.pretrained_cfg = {
         "num_classes": num_classes, "input_size": (3, config.resolution, config.resolution),
         "interpolation": "bicubic", "crop_pct": 0.95, "mean": _IMAGENET_MEAN, "std": _IMAGENET_STD,
@@ -81,8 +80,46 @@ def _mhsa_block(space: SearchSpace, stage: int, width: int, expansion: int, reso
                                    use_attn=True, drop_path=drop_path,
                                    layer_scale_init_value=layer_scale_init_value)
     if space.attention != TIMM_ATTENTION:
-        block.token_mixer = Attention2d(width, resolution=resolution, stride=stride, **vars(space.attention))
+        block.token_mixer = attention(space.attention, width, resolution, stride)
     return block
+
+
+class _WithoutAttentionBias:
+    """Mixin: a timm attention without its attention biases (no explicit position encoding)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        del self.attention_biases, self.attention_bias_idxs
+
+    def reset_parameters(self) -> None:  # timm's zeroes the biases and fills their indices
+        pass
+
+    def init_non_persistent_buffers(self) -> None:
+        pass
+
+    def get_attention_biases(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros((), device=device)
+
+
+class Attention2dNoBias(_WithoutAttentionBias, Attention2d):
+    """timm's ``Attention2d`` without attention biases."""
+
+
+class Attention2dDownsampleNoBias(_WithoutAttentionBias, Attention2dDownsample):
+    """timm's ``Attention2dDownsample`` without attention biases."""
+
+
+def attention(settings: AttentionSettings, dim: int, resolution: int, stride: Optional[int] = None) -> Attention2d:
+    """timm's MHSA token mixer with a space's attention settings (biases or not)."""
+    kind = Attention2d if settings.bias else Attention2dNoBias
+    return kind(dim, resolution=resolution, stride=stride, **settings.timm_kwargs)
+
+
+def downsample_attention(settings: AttentionSettings, dim: int, out_dim: int, resolution: int
+                         ) -> Attention2dDownsample:
+    """timm's local-global attention downsample (stage 3 -> 4) with a space's settings."""
+    kind = Attention2dDownsample if settings.bias else Attention2dDownsampleNoBias
+    return kind(dim=dim, out_dim=out_dim, resolution=resolution, **settings.timm_kwargs)
 
 
 def model_param_count(model: nn.Module, convention: str = "deploy") -> int:

@@ -54,7 +54,8 @@ class Part:
 
     @property
     def key(self) -> str:
-        """Canonical text form, e.g. ``ffn_c96_r14_e4`` or ``mhsa_c96_r14_s2_k32h8a4``."""
+        """Canonical text form, e.g. ``ffn_c96_r14_e4`` or ``mhsa_c96_r14_s2_k32h8a4``
+        (``...a4nb`` without attention biases)."""
         text = f"{self.kind}_c{self.in_channels}"
         if self.out_channels != self.in_channels:
             text += f"-{self.out_channels}"
@@ -65,7 +66,7 @@ class Part:
             text += f"_s{self.stride}"
         if self.attention is not None:
             a = self.attention
-            text += f"_k{a.key_dim}h{a.num_heads}a{a.attn_ratio}"
+            text += f"_k{a.key_dim}h{a.num_heads}a{a.attn_ratio}" + ("" if a.bias else "nb")
         if self.kind == "head":
             text += f"_n{self.num_classes}" + ("_dist" if self.distillation else "")
         return text
@@ -170,7 +171,7 @@ def _attention(c: int, r: int, a: AttentionSettings, stride: int) -> Costs:
     talking_head = _conv_norm(a.num_heads, a.num_heads, 1, n * n, norm=False)
     costs += talking_head + talking_head
     matmuls = a.num_heads * n * n * (a.key_dim + a.attn_ratio * a.key_dim)
-    costs += Costs(params=a.num_heads * n, macs=matmuls)  # attention biases, q@k and attn@v
+    costs += Costs(params=a.num_heads * n * a.bias, macs=matmuls)  # attention biases, q@k and attn@v
     if stride > 1:
         costs += Costs(macs=BILINEAR_MACS_PER_OUTPUT * a.value_dim * r * r)  # upsample back to r x r
     costs += _conv_norm(a.value_dim, c, 1, r * r)  # proj runs after the upsample
@@ -183,7 +184,7 @@ def _attention_downsample(c: int, cout: int, r: int, a: AttentionSettings) -> Co
     costs = _conv_norm(c, c, 3, n2, groups=c, norm=False) + _conv_norm(c, a.qk_dim, 1, n2)  # query
     costs += _conv_norm(c, a.qk_dim, 1, n) + _conv_norm(c, a.value_dim, 1, n)
     costs += _conv_norm(a.value_dim, a.value_dim, 3, n2, groups=a.value_dim)
-    costs += Costs(params=a.num_heads * n, macs=a.num_heads * n2 * n * (a.key_dim + a.attn_ratio * a.key_dim))
+    costs += Costs(params=a.num_heads * n * a.bias, macs=a.num_heads * n2 * n * (a.key_dim + a.attn_ratio * a.key_dim))
     return costs + _conv_norm(a.value_dim, cout, 1, n2)
 
 

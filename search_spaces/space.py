@@ -9,7 +9,9 @@ when not applicable.
 Spaces are looked up by name: ``efficientformerv2`` (ImageNet scale, 224 px) and
 ``efficientformerv2-tiny`` (CPU proxy, 64 px, 10 classes). ``NAME@R`` gives the
 same space at input resolution ``R`` (a multiple of 32), e.g.
-``efficientformerv2-tiny@32``.
+``efficientformerv2-tiny@32``. ``NAME-nobias`` is the same space without attention biases
+(the resolution-robust variant of the supplement's Table 3), e.g.
+``efficientformerv2-tiny-nobias@32``.
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ class AttentionSettings:
     key_dim: int
     num_heads: int
     attn_ratio: int
+    #: the learned attention biases (relative position encoding); without them the network is
+    #: resolution-robust (supplement Table 3): spaces ``NAME-nobias``
+    bias: bool = True
+
+    @property
+    def timm_kwargs(self) -> dict[str, int]:
+        """The keyword arguments of timm's ``Attention2d`` / ``Attention2dDownsample``."""
+        return {"key_dim": self.key_dim, "num_heads": self.num_heads, "attn_ratio": self.attn_ratio}
 
     @property
     def qk_dim(self) -> int:
@@ -336,6 +346,19 @@ _BASE_SPACES: dict[str, SearchSpace] = {
         ),
     )
 }
+
+
+NO_BIAS_SUFFIX = "-nobias"
+
+
+def _without_attention_bias(space: SearchSpace) -> SearchSpace:
+    return replace(space, name=space.name + NO_BIAS_SUFFIX, attention=replace(space.attention, bias=False),
+                   downsample_attention=replace(space.downsample_attention, bias=False),
+                   description=f"{space.name} without attention biases (no explicit position encoding: the "
+                               f"resolution-robust variant, supplement Table 3).")
+
+
+_BASE_SPACES.update({space.name + NO_BIAS_SUFFIX: _without_attention_bias(space) for space in list(_BASE_SPACES.values())})
 
 
 def list_spaces() -> list[str]:

@@ -103,8 +103,16 @@ def _relative_bias_index(query_side: int, key_side: int, query_step: int) -> tor
     return relative[0] * key_side + relative[1]
 
 
+def _with_biases(attention: nn.Module, scores: torch.Tensor) -> torch.Tensor:
+    """Attention scores plus the module's attention biases, if its space has them."""
+    if not hasattr(attention, "attention_biases"):
+        return scores
+    return scores + attention.attention_biases[:, attention.attention_bias_idxs]
+
+
 class ElasticAttention2d(nn.Module):
-    """timm ``Attention2d`` (talking heads, local value conv, attention biases, optional stride).
+    """timm ``Attention2d`` (talking heads, local value conv, attention biases unless the space
+    drops them, optional stride).
 
     Heads, key dim and value dim are fixed whatever the width; only the input
     projections' input channels and the output projection's output channels follow
@@ -131,9 +139,10 @@ class ElasticAttention2d(nn.Module):
         self.talking_head1 = nn.Conv2d(self.num_heads, self.num_heads, kernel_size=1)
         self.talking_head2 = nn.Conv2d(self.num_heads, self.num_heads, kernel_size=1)
         self.proj = ElasticConvNorm(self.dh, channels)
-        self.attention_biases = nn.Parameter(torch.zeros(self.num_heads, self.N))
-        self.register_buffer("attention_bias_idxs", _relative_bias_index(resolution, resolution, 1),
-                             persistent=False)
+        if settings.bias:
+            self.attention_biases = nn.Parameter(torch.zeros(self.num_heads, self.N))
+            self.register_buffer("attention_bias_idxs", _relative_bias_index(resolution, resolution, 1),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]
@@ -145,7 +154,7 @@ class ElasticAttention2d(nn.Module):
         v = self.v(x)
         v_local = self.v_local(v)
         v = v.reshape(batch, heads, -1, n).permute(0, 1, 3, 2)
-        attn = (q @ k) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
+        attn = _with_biases(self, (q @ k) * self.scale)
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))
         x = (attn @ v).transpose(2, 3).reshape(batch, self.dh, self.resolution, self.resolution) + v_local
         if self.stride is not None:
@@ -183,9 +192,10 @@ class ElasticAttention2dDownsample(nn.Module):
         self.v = ElasticConvNorm(channels, self.dh)
         self.v_local = ElasticConvNorm(self.dh, self.dh, 3, stride=2, depthwise=True)
         self.proj = ElasticConvNorm(self.dh, out_channels)
-        self.attention_biases = nn.Parameter(torch.zeros(self.num_heads, self.N))
-        self.register_buffer("attention_bias_idxs", _relative_bias_index(self.resolution2, resolution, 2),
-                             persistent=False)
+        if settings.bias:
+            self.attention_biases = nn.Parameter(torch.zeros(self.num_heads, self.N))
+            self.register_buffer("attention_bias_idxs", _relative_bias_index(self.resolution2, resolution, 2),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
         batch, heads = x.shape[0], self.num_heads
@@ -194,7 +204,7 @@ class ElasticAttention2dDownsample(nn.Module):
         v = self.v(x)
         v_local = self.v_local(v)
         v = v.reshape(batch, heads, -1, self.N).permute(0, 1, 3, 2)
-        attn = ((q @ k) * self.scale + self.attention_biases[:, self.attention_bias_idxs]).softmax(dim=-1)
+        attn = _with_biases(self, (q @ k) * self.scale).softmax(dim=-1)
         x = (attn @ v).transpose(2, 3).reshape(batch, self.dh, self.resolution2, self.resolution2) + v_local
         return self.proj(F.gelu(x), out_channels)
 

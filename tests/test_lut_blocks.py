@@ -8,7 +8,7 @@ from latency_lut import build_part_module, part_input_shape, space_parts
 from search_spaces import get_space, network_costs, network_parts, part_costs
 from search_spaces.model import build_model, model_param_count
 
-SPACES = ["efficientformerv2-tiny@32", "efficientformerv2", "efficientformerv2@64"]
+SPACES = ["efficientformerv2-tiny@32", "efficientformerv2", "efficientformerv2@64", "efficientformerv2-tiny-nobias"]
 
 
 @pytest.mark.parametrize("space_name", SPACES)
@@ -38,7 +38,8 @@ def test_space_parts_count_of_the_full_space():
     assert len(space_parts(space)) == expected
 
 
-@pytest.mark.parametrize("space_name", ["efficientformerv2-tiny@32", "efficientformerv2@64"])
+@pytest.mark.parametrize("space_name", ["efficientformerv2-tiny@32", "efficientformerv2@64",
+                                        "efficientformerv2-tiny-nobias@32"])
 def test_part_modules_have_the_analytic_parameters(space_name):
     for part in space_parts(space_name)[::3]:
         module = build_part_module(part)
@@ -74,7 +75,7 @@ def _positions(config):
 
 
 @pytest.mark.parametrize("space_name, seed", [("efficientformerv2-tiny@32", 1), ("efficientformerv2@64", 2),
-                                              ("efficientformerv2@64", 5)])
+                                              ("efficientformerv2@64", 5), ("efficientformerv2-tiny-nobias", 4)])
 def test_chained_part_modules_compute_the_network(space_name, seed):
     """Blocks built alone, with the network's weights, chained in order: the network's output."""
     config = get_space(space_name).sample(seed)

@@ -51,7 +51,8 @@ def test_presets_reproduce_the_papers_column(name):
 
 
 @pytest.mark.parametrize("space_name, count", [
-    ("efficientformerv2", 20), ("efficientformerv2-tiny", 25), ("efficientformerv2-tiny@32", 25)])
+    ("efficientformerv2", 20), ("efficientformerv2-tiny", 25), ("efficientformerv2-tiny@32", 25),
+    ("efficientformerv2-tiny-nobias", 10)])
 def test_analytic_costs_equal_built_models(space_name, count):
     space = get_space(space_name)
     rng = random.Random(7)
@@ -101,6 +102,21 @@ def test_tiny_attention_settings_are_used():
     assert attention.stride_conv is None and attention.N == 16  # 4x4 tokens
     assert model.stages[3].blocks[0].token_mixer.N == 4  # 2x2 tokens
     assert model.stages[3].downsample.attn.num_heads == 4
+
+
+def test_nobias_space_drops_every_attention_bias_and_nothing_else():
+    without = get_space("efficientformerv2-tiny-nobias")
+    assert not without.attention.bias and not without.downsample_attention.bias
+    assert get_space("efficientformerv2-tiny-nobias@32").attention == without.attention
+    plain = build_model(get_space("efficientformerv2-tiny").largest()).state_dict()
+    free = build_model(without.largest()).state_dict()
+    dropped = set(plain) - set(free)
+    assert set(free) <= set(plain) and all(key.endswith("attention_biases") for key in dropped)
+    mhsa_blocks = sum(block.mhsa for stage in without.largest().stages for _, block in stage.kept)
+    assert len(dropped) == mhsa_blocks + 1  # and the attention downsample's
+    model = build_model(without.sample(3))  # still runs and learns
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert not any("attention_biases" in name for name, _ in model.named_parameters())
 
 
 def test_build_rejects_invalid_configs():

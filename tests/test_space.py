@@ -22,14 +22,16 @@ SPACES = ["efficientformerv2", "efficientformerv2-tiny", "efficientformerv2-tiny
 
 
 def test_registered_spaces():
-    assert list_spaces() == ["efficientformerv2", "efficientformerv2-tiny"]
+    assert list_spaces() == ["efficientformerv2", "efficientformerv2-nobias", "efficientformerv2-tiny",
+                             "efficientformerv2-tiny-nobias"]
     assert get_space("efficientformerv2-tiny@32").resolution == 32
     assert get_space("efficientformerv2-tiny@32").name == "efficientformerv2-tiny@32"
     assert get_space("efficientformerv2@224") is get_space("efficientformerv2")
 
 
 @pytest.mark.parametrize("name, message", [
-    ("mobilenet", "unknown search space 'mobilenet'; expected one of efficientformerv2, efficientformerv2-tiny"),
+    ("mobilenet", "unknown search space 'mobilenet'; expected one of efficientformerv2, efficientformerv2-nobias, "
+                  "efficientformerv2-tiny"),
     ("efficientformerv2@100", "expected a multiple of 32"),
     ("efficientformerv2@abc", "expected a multiple of 32"),
 ])

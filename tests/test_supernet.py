@@ -69,6 +69,17 @@ def test_extraction_equals_supernet_on_20_random_tiny_configs(tiny_supernet):
         assert _max_difference(tiny_supernet, config, images) < 1e-4, config.key
 
 
+def test_extraction_equals_supernet_without_attention_biases():
+    supernet = Supernet("efficientformerv2-tiny-nobias")
+    _randomise(supernet, 2)
+    supernet.eval()
+    assert list(supernet.state_dict()) == list(build_model(supernet.space.largest()).state_dict())
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    rng = random.Random(2)
+    for config in [supernet.space.largest()] + [supernet.space.sample(rng) for _ in range(5)]:
+        assert _max_difference(supernet, config, images) < 1e-4, config.key
+
+
 def test_extracted_network_is_the_configs_timm_network(tiny_supernet):
     config = tiny_supernet.space.sample(4)
     model = extract(tiny_supernet, config)
