@@ -59,8 +59,9 @@ def build_model(config: SubnetConfig, num_classes: Optional[int] = None, drop_pa
                 timm_stage.blocks[position] = _mhsa_block(space, index, stage.width, block.expansion, resolution,
                                                           timm_stage.blocks[position], layer_scale_init_value)
         if index == len(config.stages) - 1 and space.downsample_attention != TIMM_DOWNSAMPLE_ATTENTION:
-            timm_stage.downsample.attn = downsample_attention(space.downsample_attention, config.stages[index - 1].width,
-                                                              stage.width, space.stage_resolution(index - 1))
+            timm_stage.downsample.attn = downsample_attention(
+                space.downsample_attention, config.stages[index - 1].width, stage.width,
+                space.stage_resolution(index - 1))
     model.pretrained_cfg = {
         "num_classes": num_classes, "input_size": (3, config.resolution, config.resolution),
         "interpolation": "bicubic", "crop_pct": 0.95, "mean": _IMAGENET_MEAN, "std": _IMAGENET_STD,

@@ -184,7 +184,8 @@ def _attention_downsample(c: int, cout: int, r: int, a: AttentionSettings) -> Co
     costs = _conv_norm(c, c, 3, n2, groups=c, norm=False) + _conv_norm(c, a.qk_dim, 1, n2)  # query
     costs += _conv_norm(c, a.qk_dim, 1, n) + _conv_norm(c, a.value_dim, 1, n)
     costs += _conv_norm(a.value_dim, a.value_dim, 3, n2, groups=a.value_dim)
-    costs += Costs(params=a.num_heads * n * a.bias, macs=a.num_heads * n2 * n * (a.key_dim + a.attn_ratio * a.key_dim))
+    matmuls = a.num_heads * n2 * n * (a.key_dim + a.attn_ratio * a.key_dim)
+    costs += Costs(params=a.num_heads * n * a.bias, macs=matmuls)  # attention biases, q@k and attn@v
     return costs + _conv_norm(a.value_dim, cout, 1, n2)
 
 

@@ -358,7 +358,8 @@ def _without_attention_bias(space: SearchSpace) -> SearchSpace:
                                f"resolution-robust variant, supplement Table 3).")
 
 
-_BASE_SPACES.update({space.name + NO_BIAS_SUFFIX: _without_attention_bias(space) for space in list(_BASE_SPACES.values())})
+_BASE_SPACES.update({space.name + NO_BIAS_SUFFIX: _without_attention_bias(space)
+                     for space in list(_BASE_SPACES.values())})
 
 
 def list_spaces() -> list[str]:
