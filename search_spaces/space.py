@@ -362,6 +362,13 @@ _BASE_SPACES.update({space.name + NO_BIAS_SUFFIX: _without_attention_bias(space)
                      for space in list(_BASE_SPACES.values())})
 
 
+def without_attention_bias(name: str) -> str:
+    """The name of a space's variant without attention biases, e.g. ``efficientformerv2-tiny@32``
+    -> ``efficientformerv2-tiny-nobias@32`` (a name that has none already is returned as is)."""
+    base, at, resolution = name.partition("@")
+    return name if base.endswith(NO_BIAS_SUFFIX) else base + NO_BIAS_SUFFIX + at + resolution
+
+
 def list_spaces() -> list[str]:
     """Names of the registered spaces (each also usable as ``NAME@RESOLUTION``)."""
     return sorted(_BASE_SPACES)

@@ -7,6 +7,7 @@ import torch
 from search_spaces import PRESETS, TIMM_NAMES, get_space, network_costs
 from search_spaces._torchvision_fix import ensure_torchvision
 from search_spaces.model import build_model, model_mac_count, model_param_count
+from search_spaces.space import without_attention_bias
 
 ensure_torchvision()
 import timm  # noqa: E402
@@ -108,6 +109,8 @@ def test_nobias_space_drops_every_attention_bias_and_nothing_else():
     without = get_space("efficientformerv2-tiny-nobias")
     assert not without.attention.bias and not without.downsample_attention.bias
     assert get_space("efficientformerv2-tiny-nobias@32").attention == without.attention
+    assert without_attention_bias("efficientformerv2-tiny@32") == "efficientformerv2-tiny-nobias@32"
+    assert without_attention_bias("efficientformerv2-nobias") == "efficientformerv2-nobias"
     plain = build_model(get_space("efficientformerv2-tiny").largest()).state_dict()
     free = build_model(without.largest()).state_dict()
     dropped = set(plain) - set(free)

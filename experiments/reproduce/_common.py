@@ -97,8 +97,7 @@ class Reproduction:
         self.work = Path(args.work)
         self.scratch_seconds = 0.0  # trained in this invocation
         self.scratch_runs = 0
-        self.used_seconds = 0.0  # behind the results, cached or not
-        self.used_runs = 0
+        self.used: dict[Path, float] = {}  # run folder -> training seconds, of the runs behind the results
         self._jobs: dict[tuple[float, float], object] = {}
         self._supernet_accuracy = None
 
@@ -204,7 +203,7 @@ class Reproduction:
         run = self.work / "scratch" / protocol / hashlib.sha1(config.key.encode()).hexdigest()[:16]
         result_file = run / "result.json"
         if result_file.exists():
-            return self._used(json.loads(result_file.read_text()))
+            return self._used(run, json.loads(result_file.read_text()))
         checkpoint = run / CHECKPOINT
         resume = checkpoint.exists()
         if not (resume and load_checkpoint(checkpoint, "network").get("finished", False)):
@@ -221,7 +220,7 @@ class Reproduction:
         atomic_write_text(result_file, json.dumps(result, indent=1) + "\n")
         self.echo(f"  val {result['val_top1']:.2f}%, test {result['test_top1']:.2f}% "
                   f"({result['train_seconds']:.0f} s of training)")
-        return self._used(result)
+        return self._used(run, result)
 
     def seeds(self, count: int) -> list[int]:
         return [self.args.seed + i for i in range(count)]
@@ -236,9 +235,8 @@ class Reproduction:
                 "per_seed_test": " / ".join(f"{t:.2f}" for t in tests),
                 "train_seconds": statistics.mean(r["train_seconds"] for r in runs)}
 
-    def _used(self, result: dict) -> dict:
-        self.used_runs += 1
-        self.used_seconds += result["train_seconds"]
+    def _used(self, run: Path, result: dict) -> dict:
+        self.used[run] = result["train_seconds"]
         return result
 
     def _evaluate_run(self, run: Path, recipe, config: SubnetConfig) -> dict:
@@ -282,8 +280,8 @@ class Reproduction:
                   f"- From scratch: {self.protocol()}; seed {self.args.seed} unless a row says otherwise.",
                   f"- Command: `{command}`",
                   f"- Machine: {machine()}",
-                  f"- Wall time: {self.used_runs} from-scratch run(s) behind this table, "
-                  f"{self.used_seconds / 60:.1f} min of training in all (each trained once and cached); this "
+                  f"- Wall time: {len(self.used)} from-scratch run(s) behind this table, "
+                  f"{sum(self.used.values()) / 60:.1f} min of training in all (each trained once and cached); this "
                   f"invocation took {minutes:.1f} min, {self.scratch_runs} run(s) trained in it.",
                   f"- Data: `{csv.name}` (every number above)."]
         atomic_write_text(md, "\n".join(lines) + "\n")

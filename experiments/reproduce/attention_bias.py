@@ -16,7 +16,7 @@ import pandas as pd
 
 from _common import Reproduction, config_text, parser, positive, seed_bar_figure
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
-from search_spaces.space import NO_BIAS_SUFFIX
+from search_spaces.space import without_attention_bias
 
 PAPER = ("EfficientFormerV2-S1: with attention biases 6.10M params, 79.0% (300 epochs) / 79.7% (450); without "
          "6.08M, 78.8% / 79.5%: removing them costs 0.2 points")
@@ -37,7 +37,7 @@ def main() -> None:
     rep = Reproduction("attention_bias", args)
     budget = rep.params_budget()
     config = with_mhsa(rep.search([budget]).selected[budget.label][0])
-    variants = {"Y": config, "N": replace(config, space=config.space + NO_BIAS_SUFFIX)}
+    variants = {"Y": config, "N": replace(config, space=without_attention_bias(config.space))}
     seeds = rep.seeds(args.seeds)
     rows = [{"attention_bias": bias, "space": variant.space, "params": count_params(variant),
              "params_m": count_params(variant) / 1e6, **rep.scratch_seeds(variant, args.seeds),
