@@ -62,7 +62,8 @@ def main() -> None:
     notes = ["The no-bias network is the same config in space `efficientformerv2-tiny-nobias` (timm's attention "
              "modules with their `attention_biases` removed, also in the downsample attention into stage 4).",
              "The tiny space's attention sees 4x4 tokens in stage 3 and 2x2 in stage 4 at 64 px, so position "
-             "biases have little to encode here; the paper's S1 attends over 14x14 and 7x7 tokens.",
+             "biases have little to encode here; the paper's S1 at 224 px attends over 7x7 tokens in both "
+             "(stage 3 through stride attention).",
              "`train_seconds`: mean training time per run."]
     table = frame[["attention_bias", "params", "scratch_test_top1", "scratch_test_std", "per_seed_test",
                    "scratch_val_top1", "train_seconds"]]
