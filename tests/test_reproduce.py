@@ -107,4 +107,8 @@ def test_bad_input_is_refused(tmp_path):
     result = subprocess.run([sys.executable, str(REPRODUCE / "expansion.py"), "--seeds", "0", "--results",
                              str(tmp_path)], capture_output=True, text=True)
     assert result.returncode != 0 and "--seeds 0: expected a positive number" in result.stderr
+    result = subprocess.run([sys.executable, str(REPRODUCE / "attention_bias.py"), "--recipe", "no-such-recipe",
+                             "--results", str(tmp_path), "--work", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "no-such-recipe" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())

@@ -61,6 +61,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def run(main: Callable[[], None]) -> None:
+    """A script's entry point: bad input (the project's errors) ends in one line, not a traceback."""
+    from search_spaces import NasError
+
+    try:
+        main()
+    except NasError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 def positive(name: str, value: int) -> int:
     if value < 1:
         raise SystemExit(f"{name} {value}: expected a positive number")

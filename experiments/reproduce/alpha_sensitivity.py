@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive
+from _common import Reproduction, config_text, parser, positive, run
 
 PAPER = ("at 3.5M params: (alpha_latency, alpha_size) = (1.0, 1.0): 1.1 ms, 77.0%; (0.5, 1.0): 1.3 ms, 77.3%; "
          "(1.0, 0.5): 0.9 ms, 75.7%: a larger alpha_size relative to alpha_latency gives slower, more accurate "
@@ -96,4 +96,4 @@ def _figure(frame: pd.DataFrame, budget: str):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, seed_bar_figure
+from _common import Reproduction, config_text, parser, positive, run, seed_bar_figure
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 from search_spaces.space import without_attention_bias
 
@@ -74,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

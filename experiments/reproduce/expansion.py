@@ -16,7 +16,7 @@ import statistics
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, seed_bar_figure
+from _common import Reproduction, config_text, parser, positive, run, seed_bar_figure
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 
 PAPER = "at 13.4M params and 1.6 ms, expansion 4 / 2 / 1 reach 81.8 / 81.6 / 81.1% top-1"
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

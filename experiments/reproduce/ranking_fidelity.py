@@ -15,7 +15,7 @@ import statistics
 
 import pandas as pd
 
-from _common import Reproduction, config_text, family_and_random, parser, positive, rank_correlations
+from _common import Reproduction, config_text, family_and_random, parser, positive, rank_correlations, run
 
 PAPER = ("supernet-inherited and from-scratch accuracy correlate with r² = 0.91 (EagleEye: 0.63); every "
          "subnet's inherited accuracy is above 40%")
@@ -102,4 +102,4 @@ def _figure(frame: pd.DataFrame, stats: dict):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive
+from _common import Reproduction, config_text, parser, positive, run
 
 PAPER = ("at 7.0M params the joint search reaches 79.4% top-1, V1-scale 79.2% and V1-scale + magnitude pruning "
          "79.2% (no gain from pruning)")
@@ -90,4 +90,4 @@ def _figure(frame: pd.DataFrame, budget: str):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, family_and_random, parser, positive
+from _common import Reproduction, config_text, family_and_random, parser, positive, run
 
 PAPER = "the searched models beat random subnetworks of the same budgets at every latency"
 
@@ -96,4 +96,4 @@ def _figure(frame: pd.DataFrame):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
