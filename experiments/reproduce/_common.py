@@ -39,7 +39,8 @@ from search_spaces.io import atomic_path, atomic_write_text
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, seeds: Optional[int] = None) -> argparse.ArgumentParser:
+    """The scripts' shared options; ``seeds``: the default of a ``--seeds`` option (none if None)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quickstart", type=Path, default=ROOT / "runs" / "quickstart",
                    help="nas quickstart's folder: its supernet and latency table are reused (trained and built "
@@ -58,6 +59,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the from-scratch runs and of random configs")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: Debian's)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    if seeds is not None:
+        p.add_argument("--seeds", type=int, default=seeds,
+                       help="from-scratch runs per network (seeds SEED, SEED+1, ...)")
     return p
 
 
@@ -100,6 +104,8 @@ class Reproduction:
 
         if args.train_images is not None:
             positive("--train-images", args.train_images)
+        if hasattr(args, "seeds"):
+            positive("--seeds", args.seeds)
         self.name, self.args = name, args
         self.started = time.time()
         self.recipe = load_recipe(args.recipe)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, run
+from _common import Reproduction, config_text, parser, run
 
 PAPER = ("at 3.5M params: (alpha_latency, alpha_size) = (1.0, 1.0): 1.1 ms, 77.0%; (0.5, 1.0): 1.3 ms, 77.3%; "
          "(1.0, 0.5): 0.9 ms, 75.7%: a larger alpha_size relative to alpha_latency gives slower, more accurate "
@@ -20,10 +20,8 @@ PAPER_ROWS = {(1.0, 1.0): (1.1, 77.0), (0.5, 1.0): (1.3, 77.3), (1.0, 0.5): (0.9
 
 
 def main() -> None:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=2, help="from-scratch runs per network (seeds SEED, SEED+1, ...)")
+    p = parser(__doc__.split("\n\n")[0], seeds=2)
     args = p.parse_args()
-    positive("--seeds", args.seeds)
     rep = Reproduction("alpha_sensitivity", args)
     budget = rep.params_budget()
     rows = []

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, run, seed_bar_figure
+from _common import Reproduction, config_text, parser, run, seed_bar_figure
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 from search_spaces.space import without_attention_bias
 
@@ -30,10 +30,8 @@ def with_mhsa(config: SubnetConfig, stages: tuple[int, ...] = (2, 3)) -> SubnetC
 
 
 def main() -> None:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=2, help="from-scratch runs per network (seeds SEED, SEED+1, ...)")
+    p = parser(__doc__.split("\n\n")[0], seeds=2)
     args = p.parse_args()
-    positive("--seeds", args.seeds)
     rep = Reproduction("attention_bias", args)
     budget = rep.params_budget()
     config = with_mhsa(rep.search([budget]).selected[budget.label][0])

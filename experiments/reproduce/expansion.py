@@ -16,7 +16,7 @@ import statistics
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, run, seed_bar_figure
+from _common import Reproduction, config_text, parser, run, seed_bar_figure
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 
 PAPER = "at 13.4M params and 1.6 ms, expansion 4 / 2 / 1 reach 81.8 / 81.6 / 81.1% top-1"
@@ -60,13 +60,11 @@ def equal_params_variants(space, base: SubnetConfig, latency, tolerance: float, 
 
 
 def main() -> None:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=2, help="from-scratch runs per network (seeds SEED, SEED+1, ...)")
+    p = parser(__doc__.split("\n\n")[0], seeds=2)
     p.add_argument("--tolerance", type=float, default=0.01, help="largest relative parameter difference allowed")
     p.add_argument("--latency-spread", type=float, default=0.03,
                    help="largest relative difference of predicted latency wanted between the three")
     args = p.parse_args()
-    positive("--seeds", args.seeds)
     rep = Reproduction("expansion", args)
     budget = rep.params_budget()
     base = rep.search([budget]).selected[budget.label][0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, positive, run
+from _common import Reproduction, config_text, parser, run
 
 PAPER = ("at 7.0M params the joint search reaches 79.4% top-1, V1-scale 79.2% and V1-scale + magnitude pruning "
          "79.2% (no gain from pruning)")
@@ -20,10 +20,8 @@ ALGORITHMS = ("fine-grained", "v1-scale", "v1-scale+prune")
 
 
 def main() -> None:
-    p = parser(__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=2, help="from-scratch runs per network (seeds SEED, SEED+1, ...)")
+    p = parser(__doc__.split("\n\n")[0], seeds=2)
     args = p.parse_args()
-    positive("--seeds", args.seeds)
     rep = Reproduction("search_methods", args)
     budget = rep.params_budget()
     rows = []
