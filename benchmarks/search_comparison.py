@@ -1,37 +1,99 @@
-"""Fine-grained joint search against random search and NSGA-II at the same number of evaluations.
+"""Fine-grained search against random, NSGA-II and TPE, judged on images no search saw (issue 12).
 
-On a trained supernet and its latency table (the tiny space by default): the fine-grained
-family search runs first and its number of distinct subnet evaluations E sets the budget
-of evaluations of ``random`` and ``nsga2``. Printed: per budget of the family, the
-accuracy (held-out split), params, latency and MES each algorithm selects; the
-hypervolume of each algorithm's (accuracy, MES) front over one common reference point;
-evaluations and wall time. Then a ``--params`` search alone, timed (target: <= 10 min).
+Seeds ``0..S-1``: seed ``i`` searches on the held-out *search slice* ``i`` (images
+``i*N .. (i+1)*N``), so the fine-grained search runs on 3 disjoint slices and each
+sampling algorithm runs with seed ``i`` on the same slice. The fine-grained family
+search runs first on each slice; its number of distinct evaluations is the budget of
+``random``, ``nsga2`` and ``tpe`` on that slice (equal evaluations).
 
-    python benchmarks/search_comparison.py --supernet runs/bench-tiny --lut tiny.parquet [--out runs/bench-search]
+The *judge* re-scores, without any search seeing those images:
+
+* each algorithm's selected config per budget, and the config each sampling algorithm
+  would select at matched-or-better MES (its best by its own search score among its
+  configs within the budget and at least as efficient as the fine-grained pick), on the
+  held-out images after the last search slice (``judge val``) and on the test split;
+* each algorithm's whole Pareto front (search score vs MES, within the loosest budget) on
+  the judge's held-out images; the hypervolume of the re-scored (accuracy, MES) points
+  is Optuna's (one reference point for all: the lowest judged accuracy and MES).
+
+Printed: per budget, mean ± std over seeds of the search-time top-1 and of the judged
+top-1 (held-out and test); the hypervolumes; evaluations and wall times. Every search
+resumes from its store and every judged score is cached in ``OUT/judge.csv``, so a rerun
+evaluates nothing again.
+
+    python benchmarks/search_comparison.py --supernet runs/quickstart/supernet \\
+        --lut runs/quickstart/lut/efficientformerv2-tiny-torch-cpu.parquet --out runs/bench-search
 """
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
+import statistics
+import sys
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from latency_lut import LatencyTable
 from nas import store
-from nas.objectives import Objectives, SupernetAccuracy
-from nas.search import Budget, default_family, run_search, study_name
-from search_spaces import count_params
+from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL, SearchJob
+from nas.search import ALGORITHMS, check_criterion
+from search_spaces import InvalidInputError, SubnetConfig
+from supernet.evaluate import EvalProtocol, SubnetScorer
+
+PEERS = ("random", "nsga2", "tpe")
 
 
 def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by ``points`` (both coordinates maximised) above ``reference``."""
-    front = sorted({p for p in points if p[0] > reference[0] and p[1] > reference[1]}, key=lambda p: -p[0])
-    area, best_y = 0.0, reference[1]
-    for x, y in front:  # x descending: each point adds the strip its y gains over the best so far
-        if y > best_y:
-            area += (x - reference[0]) * (y - best_y)
-            best_y = y
-    return area
+    """Area dominated by ``points`` (both coordinates maximised) above ``reference``: Optuna's
+    hypervolume of the negated points (it minimises)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    kept = np.array([p for p in points if p[0] > reference[0] and p[1] > reference[1]], dtype=float)
+    if kept.size == 0:
+        return 0.0
+    return float(compute_hypervolume(-kept, -np.asarray(reference, dtype=float)))
+
+
+def search_front(metrics: list, criterion: str) -> list:
+    """The configs not dominated on (search score, MES)."""
+    values = [(m.score(criterion), m.mes) for m in metrics]
+    return [m for m, v in zip(metrics, values)
+            if not any(o[0] >= v[0] and o[1] >= v[1] and o != v for o in values)]
+
+
+class Judge:
+    """Scores on images no search saw, cached by (judge, config key) in a CSV."""
+
+    def __init__(self, supernet_run: str, protocols: dict[str, EvalProtocol], cache: Path) -> None:
+        from supernet.train import load_supernet
+
+        self.supernet, self.recipe = load_supernet(Path(supernet_run))
+        self.protocols, self.cache_path = protocols, cache
+        self.scorers: dict[str, SubnetScorer] = {}
+        self.cache: dict[tuple[str, str], float] = {}
+        if cache.exists():
+            for row in pd.read_csv(cache).itertuples():
+                self.cache[(row.judge, row.key)] = row.top1
+
+    def __call__(self, name: str, key: str) -> float:
+        if (name, key) not in self.cache:
+            if name not in self.scorers:
+                self.scorers[name] = SubnetScorer.from_protocol(self.supernet, self.recipe, self.protocols[name])
+            config = SubnetConfig.from_key(self.supernet.space.name, key)
+            self.cache[(name, key)] = self.scorers[name](config).top1
+            with open(self.cache_path, "a") as f:
+                if f.tell() == 0:
+                    f.write("judge,key,top1\n")
+                f.write(f"{name},{key},{self.cache[(name, key)]!r}\n")
+        return self.cache[(name, key)]
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "      -      "
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):6.2f} ± {std:4.2f}"
 
 
 def main() -> None:
@@ -39,77 +101,121 @@ def main() -> None:
     parser.add_argument("--supernet", required=True)
     parser.add_argument("--lut", required=True)
     parser.add_argument("--out", default="runs/bench-search")
-    parser.add_argument("--eval-images", type=int, default=500)
-    parser.add_argument("--bn-batches", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="keep --out: every search resumes from its store "
-                        "(nothing is evaluated again; the wall times printed are then those of the resumed runs)")
+    parser.add_argument("--seeds", type=int, default=3, help="search slices / seeds")
+    parser.add_argument("--search-images", type=int, default=SEARCH_PROTOCOL.images, help="images of a search slice")
+    parser.add_argument("--judge-offset", type=int, default=None,
+                        help="first held-out image of the judge (default: after the last search slice)")
+    parser.add_argument("--bn-batches", type=int, default=SEARCH_PROTOCOL.bn_batches)
+    parser.add_argument("--criterion", default=DEFAULT_CRITERION)
+    parser.add_argument("--recheck", type=int, default=0, help="fine-grained: re-score the K best moves (0: off)")
+    parser.add_argument("--algorithms", default="fine-grained," + ",".join(PEERS))
+    parser.add_argument("--label", default="", help="suffix of the fine-grained study (variants in one folder)")
     args = parser.parse_args()
+    check_criterion(args.criterion)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    unknown = [a for a in algorithms if a not in ALGORITHMS]
+    if unknown or algorithms[:1] != ["fine-grained"]:
+        raise InvalidInputError(f"--algorithms {args.algorithms!r}: expected fine-grained first, then any of "
+                                f"{', '.join(ALGORITHMS)}")
+    searches = [SEARCH_PROTOCOL.replace(images=args.search_images, offset=i * args.search_images,
+                                        bn_batches=args.bn_batches) for i in range(args.seeds)]
+    if args.recheck:  # the recheck slice follows each search slice: keep the judge after all of them
+        searches_seen = [p.replace(images=2 * p.images) for p in searches]
+    else:
+        searches_seen = searches
+    judge_offset = args.judge_offset if args.judge_offset is not None else max(p.stop for p in searches_seen)
+    judges = {"val": EvalProtocol(offset=judge_offset, bn_batches=args.bn_batches),
+              "test": EvalProtocol(split="test", bn_batches=args.bn_batches)}
+    for search in searches_seen:
+        if search.overlaps(judges["val"]):
+            raise InvalidInputError(f"the search slice ({search.describe()}) overlaps the judge's ({judges['val'].describe()}); "
+                                    f"expected disjoint slices")
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    accuracy = SupernetAccuracy(Path(args.supernet), eval_images=args.eval_images, bn_batches=args.bn_batches)
+    judge = Judge(args.supernet, judges, out / "judge.csv")
     table = LatencyTable.load(args.lut)
-    objectives = Objectives.from_table(accuracy.space, table, accuracy, 1.0, 0.5)
-    family = default_family(accuracy.space)
-    storage = store.default_storage(out)
-    results, fronts, evaluated, all_points = {}, {}, {}, []
-    evaluations = None
-    for algorithm in ("fine-grained", "random", "nsga2"):
-        accuracy.cache.clear()  # every algorithm pays for its own evaluations
-        result = run_search(objectives, family, algorithm, storage, {"bench": algorithm},
-                            evaluations=evaluations or 100, seed=args.seed, supernet=accuracy.supernet)
-        evaluations = evaluations or result.evaluations
-        results[algorithm] = result
-        study = store.open_study(storage, study_name(algorithm, {"bench": algorithm}))
-        loosest = max(family, key=lambda b: b.value)
-        evaluated[algorithm] = list(store.stored_metrics(study).values())
-        fronts[algorithm] = [(m.accuracy, m.mes) for m in evaluated[algorithm] if loosest.met(m)]
-        all_points += fronts[algorithm]
-    reference = (min(p[0] for p in all_points), min(p[1] for p in all_points))
-    print(f"space {accuracy.space.name}; supernet {args.supernet}; table {args.lut} ({table.backend}); "
-          f"{args.eval_images} held-out images, {args.bn_batches} BN batches per evaluation")
-    print(f"family: {', '.join(b.label for b in family)}; evaluations per algorithm: {evaluations}\n")
-    print(f"{'budget':16s} {'algorithm':13s} {'top-1':>7s} {'params_m':>9s} {'latency_ms':>11s} {'MES':>8s}")
-    for budget in family:
-        for algorithm, result in results.items():
-            if budget.label in result.selected:
+    rows, fronts, info = [], [], []
+    for seed, protocol in enumerate(searches):
+        job = SearchJob(args.supernet, args.lut, out / f"seed{seed}", storage=store.default_storage(out),
+                        protocol=protocol, criterion=args.criterion, recheck=args.recheck)
+        family = job.default_family()
+        evaluations = None
+        picked = {}
+        for algorithm in algorithms:
+            job.accuracy.cache.clear()  # every algorithm pays for its own evaluations
+            result = job.run(family, algorithm, seed=seed, evaluations=evaluations or 100,
+                             progress=None)
+            evaluations = evaluations or result.evaluations
+            print(f"seed {seed} ({protocol.describe()}): {algorithm} {result.evaluations} configs, "
+                  f"{result.measured} evaluated now, {result.seconds:.0f} s", file=sys.stderr, flush=True)
+            info.append({"seed": seed, "algorithm": algorithm, "evaluations": result.evaluations,
+                         "seconds": result.seconds})
+            study = store.open_study(job.storage, result.study)
+            evaluated = list(store.stored_metrics(study).values())
+            loosest = family[0]
+            front = search_front([m for m in evaluated if loosest.met(m)], args.criterion)
+            fronts += [{"seed": seed, "algorithm": algorithm, "key": m.key, "mes": m.mes} for m in front]
+            for budget in family:
+                if budget.label not in result.selected:
+                    continue
                 m = result.selected[budget.label][1]
-                print(f"{budget.label:16s} {algorithm:13s} {m.accuracy:7.2f} {m.params / 1e6:9.3f} "
-                      f"{m.latency_ms:11.3f} {m.mes:8.2f}")
-            else:
-                print(f"{budget.label:16s} {algorithm:13s}  (no config within budget)")
-    # the baselines select by accuracy alone within the budget, the fine-grained search trades accuracy for
-    # MES: compare also at matched efficiency, against the most accurate baseline config that is as efficient
-    print("\nat matched efficiency: the most accurate config of each baseline within the budget and with at least "
-          "the fine-grained config's MES")
-    for budget in family:
-        if budget.label not in results["fine-grained"].selected:
-            continue
-        reference_metrics = results["fine-grained"].selected[budget.label][1]
-        for algorithm in ("random", "nsga2"):
-            eligible = [m for m in evaluated[algorithm] if budget.met(m) and m.mes >= reference_metrics.mes]
-            if eligible:
-                m = max(eligible, key=lambda m: (m.accuracy, m.mes))
-                print(f"{budget.label:16s} {algorithm:13s} {m.accuracy:7.2f} {m.params / 1e6:9.3f} "
-                      f"{m.latency_ms:11.3f} {m.mes:8.2f}   (fine-grained {reference_metrics.accuracy:.2f} at MES "
-                      f"{reference_metrics.mes:.2f})")
-            else:
-                print(f"{budget.label:16s} {algorithm:13s}  (no config as efficient; fine-grained "
-                      f"{reference_metrics.accuracy:.2f} at MES {reference_metrics.mes:.2f})")
-    print(f"\nhypervolume of the (accuracy, MES) front of every evaluated config within {loosest.label}, "
-          f"reference {reference[0]:.2f}% / MES {reference[1]:.2f}:")
-    for algorithm, result in results.items():
-        print(f"  {algorithm:13s} {hypervolume(fronts[algorithm], reference):10.2f}   evaluations {result.evaluations:5d}   "
-              f"wall time {result.seconds:7.1f} s")
-    budget = Budget("params", float(f"{count_params(accuracy.space.largest()) * 0.5:.3g}"))
-    accuracy.cache.clear()
-    started = time.perf_counter()
-    single = run_search(objectives, [budget], "fine-grained", storage, {"bench": "params"})
-    print(f"\n--params {budget.value / 1e6:.3g}M fine-grained search: {single.evaluations} evaluations, "
-          f"{time.perf_counter() - started:.0f} s wall time; top-1 {single.selected[budget.label][1].accuracy:.2f}%")
+                picked[(algorithm, budget.label)] = m
+                rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm, "compare": "selected",
+                             "search_top1": m.accuracy, "mes": m.mes, "key": m.key})
+                reference = picked.get(("fine-grained", budget.label))
+                if algorithm != "fine-grained" and reference is not None:
+                    eligible = [e for e in evaluated if budget.met(e) and e.mes >= reference.mes]
+                    if eligible:
+                        e = max(eligible, key=lambda e: (e.score(args.criterion), e.mes, e.key))
+                        rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm,
+                                     "compare": "matched MES", "search_top1": e.accuracy, "mes": e.mes, "key": e.key})
+        del job
+    frame = pd.DataFrame(rows)
+    frame["judge_val"] = [judge("val", k) for k in frame["key"]]
+    frame["judge_test"] = [judge("test", k) for k in frame["key"]]
+    front_frame = pd.DataFrame(fronts)
+    front_frame["judge_val"] = [judge("val", k) for k in front_frame["key"]]
+    frame.to_csv(out / "selected.csv", index=False)
+    front_frame.to_csv(out / "fronts.csv", index=False)
+    _report(args, frame, front_frame, pd.DataFrame(info), judges, searches, table)
+
+
+def _report(args, frame, fronts, info, judges, searches, table) -> None:
+    algorithms = list(dict.fromkeys(frame["algorithm"]))
+    print(f"supernet {args.supernet}; table {args.lut} ({table.backend}); criterion {args.criterion}"
+          f"{f', recheck {args.recheck}' if args.recheck else ''}; {len(searches)} seeds")
+    print(f"search slices: {'; '.join(p.describe() for p in searches)}")
+    print(f"judge: {judges['val'].describe()}; and {judges['test'].describe()}")
+    print("\nselected config per budget (fine-grained: its pick; peers: their best at matched-or-better MES), "
+          "top-1 mean ± std over seeds")
+    print(f"{'budget':15s} {'algorithm':13s} {'search top-1':>14s} {'judge val':>14s} {'test':>14s} {'MES':>9s}")
+    for budget in dict.fromkeys(frame["budget"]):
+        for algorithm in algorithms:
+            compare = "selected" if algorithm == "fine-grained" else "matched MES"
+            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame.compare == compare)]
+            print(f"{budget:15s} {algorithm:13s} {mean_std(list(sel.search_top1))} {mean_std(list(sel.judge_val))} "
+                  f"{mean_std(list(sel.judge_test))} {sel.mes.mean():9.1f}   (n={len(sel)})")
+    print("\nas selected by each algorithm alone (no MES matching)")
+    for budget in dict.fromkeys(frame["budget"]):
+        for algorithm in algorithms:
+            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame.compare == "selected")]
+            print(f"{budget:15s} {algorithm:13s} {mean_std(list(sel.search_top1))} {mean_std(list(sel.judge_val))} "
+                  f"{mean_std(list(sel.judge_test))} {sel.mes.mean():9.1f}")
+    reference = (float(fronts.judge_val.min()) - 1e-6, float(fronts.mes.min()) - 1e-6)
+    print(f"\nhypervolume of the judged (held-out top-1, MES) front of each search's Pareto set, reference "
+          f"{reference[0]:.2f}% / MES {reference[1]:.1f}: mean ± std over seeds")
+    for algorithm in algorithms:
+        volumes = []
+        for seed in sorted(set(fronts.seed)):
+            points = fronts[(fronts.algorithm == algorithm) & (fronts.seed == seed)]
+            volumes.append(hypervolume(list(zip(points.judge_val, points.mes)), reference))
+        runs = info[info.algorithm == algorithm]
+        print(f"  {algorithm:13s} {statistics.mean(volumes):10.1f} ± {statistics.stdev(volumes) if len(volumes) > 1 else 0:8.1f}"
+              f"   evaluations {runs.evaluations.mean():6.0f}   wall time {runs.seconds.mean():6.1f} s a search")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InvalidInputError as error:
+        raise SystemExit(f"error: {error}") from None

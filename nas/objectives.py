@@ -4,21 +4,22 @@
 * latency: the latency table's calibrated prediction, in ms on the table's backend;
 * MES: :class:`nas.mes.MesSpec` with the table's MobileNetV2 latency as the latency
   unit off Core ML (SPEC section 2; 1 ms for a Core ML table, the paper's unit);
-* accuracy: the supernet's subnet after BatchNorm recalibration, top-1 on the first
-  ``eval_images`` images of the held-out split. The calibration and evaluation
-  batches are drawn once and kept in memory, so every config sees the same images.
+* accuracy: the supernet's subnet after BatchNorm recalibration, under one
+  :class:`supernet.evaluate.EvalProtocol` (a slice of the held-out split): top-1, mean
+  cross-entropy and KL divergence from the largest subnet, in one pass. The calibration
+  and evaluation batches are drawn once and kept in memory, so every config sees the
+  same images.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Optional, Protocol
 
-import torch
-
 from nas.mes import MesSpec
 from search_spaces import InvalidInputError, SearchSpace, SubnetConfig, count_params
+from supernet.evaluate import EvalProtocol, Scores, SubnetScorer, flush_denormals
 
 
 class LatencyModel(Protocol):
@@ -33,28 +34,38 @@ class LatencyModel(Protocol):
 
 @dataclass(frozen=True)
 class Metrics:
-    """Everything the search knows of one config."""
+    """Everything the search knows of one config: top-1 (``accuracy``), mean cross-entropy
+    (``loss``) and the KL divergence from the largest subnet (``kl``) on the evaluation
+    protocol's images, and its costs."""
 
     key: str
     accuracy: float  # top-1, percent, held-out split
     params: int
     latency_ms: float
     mes: float
+    loss: float = math.nan
+    kl: float = math.nan
 
     def as_dict(self) -> dict:
         return {"key": self.key, "accuracy": self.accuracy, "params": self.params,
-                "latency_ms": self.latency_ms, "mes": self.mes}
+                "latency_ms": self.latency_ms, "mes": self.mes, "loss": self.loss, "kl": self.kl}
+
+    @property
+    def scores(self) -> Scores:
+        return Scores(self.accuracy, self.loss, self.kl, 0)
+
+    def score(self, criterion: str) -> float:
+        """The search criterion as a quantity to maximise (top-1, -loss or -KL)."""
+        return self.scores.value(criterion)
 
 
 class SupernetAccuracy:
-    """Top-1 of configs from a trained supernet on fixed in-memory batches (cached by key)."""
+    """Scores of configs from a trained supernet under one :class:`EvalProtocol` (cached by key)."""
 
-    def __init__(self, supernet_run: Path, eval_images: int = 1000, bn_batches: int = 4, batch_size: int = 128,
-                 data_dir: Optional[str] = None, split: str = "val", loaded: Optional[tuple] = None) -> None:
+    def __init__(self, supernet_run: Path, protocol: EvalProtocol = EvalProtocol(images=500),
+                 data_dir: Optional[str] = None, loaded: Optional[tuple] = None) -> None:
         """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
         from latency_lut.profiling import keep_freed_memory
-        from supernet.data import Splits
-        from supernet.evaluate import flush_denormals
         from supernet.train import load_supernet
 
         flush_denormals()
@@ -62,25 +73,21 @@ class SupernetAccuracy:
         # page faults for them (benchmarks/evaluation_memory.py: 0.371 -> 0.301 s an evaluation, tiny space)
         keep_freed_memory()
         self.supernet, recipe = loaded or load_supernet(Path(supernet_run))
-        if eval_images < 1:
-            raise InvalidInputError(f"--eval-images {eval_images}: expected a positive number of images")
-        splits = Splits(recipe.replace(eval_images=eval_images), self.supernet.space.resolution, data_dir=data_dir)
-        calib = splits.eval_loader("calib", batch_size=batch_size, shuffle_seed=recipe.seed)
-        self.calib_batches = [(images,) for images, *_ in islice(calib, bn_batches)]
-        self.eval_batches = [(images, labels) for images, labels, *_ in splits.eval_loader(split, batch_size)]
-        self.cache: dict[str, float] = {}
+        self.protocol = protocol
+        self.scorer = SubnetScorer.from_protocol(self.supernet, recipe, protocol, data_dir=data_dir)
+        self.cache: dict[str, Scores] = {}
 
     @property
     def space(self) -> SearchSpace:
         return self.supernet.space
 
-    @torch.no_grad()
-    def __call__(self, config: SubnetConfig) -> float:
-        if config.key not in self.cache:
-            from supernet.evaluate import evaluate, recalibrate_bn
+    def prepare(self, config: SubnetConfig) -> None:
+        """Configs evaluated next share leading stages with ``config``: reuse its prefix."""
+        self.scorer.prepare(config)
 
-            model = recalibrate_bn(self.supernet, config, self.calib_batches, len(self.calib_batches))
-            self.cache[config.key] = evaluate(model, self.eval_batches).top1
+    def __call__(self, config: SubnetConfig) -> Scores:
+        if config.key not in self.cache:
+            self.cache[config.key] = self.scorer(config)
         return self.cache[config.key]
 
 
@@ -106,6 +113,18 @@ class Objectives:
         latency_ms = self.latency.predict(config)
         return params, latency_ms, self.mes(params, latency_ms)
 
-    def __call__(self, config: SubnetConfig) -> Metrics:
+    def with_scores(self, config: SubnetConfig, scores: Scores) -> Metrics:
+        """The metrics of ``config`` from already measured scores (this table's and alphas' costs)."""
         params, latency_ms, mes = self.costs(config)
-        return Metrics(config.key, self.accuracy(config), params, latency_ms, mes)
+        return Metrics(config.key, scores.top1, params, latency_ms, mes, scores.loss, scores.kl)
+
+    def prepare(self, config: SubnetConfig) -> None:
+        """Let the accuracy reuse ``config``'s prefix for the configs that follow (if it can)."""
+        if hasattr(self.accuracy, "prepare"):
+            self.accuracy.prepare(config)
+
+    def __call__(self, config: SubnetConfig) -> Metrics:
+        scores = self.accuracy(config)
+        if not isinstance(scores, Scores):  # a plain top-1 (stand-in accuracies)
+            scores = Scores(float(scores), math.nan, math.nan, 0)
+        return self.with_scores(config, scores)

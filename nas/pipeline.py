@@ -10,9 +10,10 @@ notebook) calls the same way::
     result = job.run([Budget("params", 0.6e6)])          # writes the configs, trajectory, summary
     job.run(job.default_family(), algorithm="random")     # shares evaluated configs with the first
 
-Every check happens when the job is opened, before any evaluation: alphas, evaluation
-settings, the table (readable, same space as the supernet, no missing block), the
-supernet checkpoint and the storage URL.
+Every check happens when the job is opened, before any evaluation: alphas, the
+criterion, the evaluation protocol (a slice that fits in the held-out split), the table
+(readable, same space as the supernet, no missing block), the supernet checkpoint and
+the storage URL.
 """
 from __future__ import annotations
 
@@ -22,27 +23,39 @@ from typing import Callable, Optional, Sequence, Union
 from search_spaces import InvalidInputError
 from search_spaces.io import file_digest
 
-from nas.search import Budget, SearchResult, check_budgets, default_family, run_search
+from supernet.evaluate import EvalProtocol
+
+from nas.search import SAMPLING, Budget, SearchResult, check_budgets, default_family, run_search
 
 PathLike = Union[str, Path]
 
 
+SEARCH_PROTOCOL = EvalProtocol(images=500)  # the search's default slice: held-out images 0-500
+DEFAULT_CRITERION = "top1"
+
+
 class SearchJob:
     def __init__(self, supernet_run: PathLike, lut: PathLike, out: PathLike, storage: Optional[str] = None,
-                 alpha_latency: float = 1.0, alpha_size: float = 0.5, eval_images: int = 500, bn_batches: int = 2,
-                 data_dir: Optional[str] = None) -> None:
+                 alpha_latency: float = 1.0, alpha_size: float = 0.5, protocol: EvalProtocol = SEARCH_PROTOCOL,
+                 criterion: str = DEFAULT_CRITERION, recheck: int = 0, data_dir: Optional[str] = None) -> None:
+        """``protocol``: the search slice and BatchNorm batches; ``criterion``: what a step ranks moves by;
+        ``recheck``: the fine-grained step re-scores its best ``recheck`` moves on the next slice of as
+        many images before committing (0: the paper's plain step)."""
         from latency_lut import LatencyTable, missing_parts
 
         from nas.mes import check_alpha
         from nas.objectives import Objectives, SupernetAccuracy
         from nas.store import check_storage, default_storage
+        from supernet.evaluate import check_criterion
         from supernet.train import CHECKPOINT, load_supernet
 
         check_alpha(alpha_latency, "--alpha-lat")
         check_alpha(alpha_size, "--alpha-size")
-        if eval_images < 1 or bn_batches < 1:
-            raise InvalidInputError(f"--eval-images {eval_images} / --bn-batches {bn_batches}: expected positive "
-                                    f"numbers")
+        check_criterion(criterion)
+        if recheck < 0:
+            raise InvalidInputError(f"--recheck {recheck}: expected 0 (off) or a positive number of moves")
+        if protocol.images is None:
+            raise InvalidInputError("the search's evaluation needs a number of images (--eval-images)")
         self.supernet_run, self.lut, self.out = Path(supernet_run), Path(lut), Path(out)
         table = LatencyTable.load(self.lut)
         loaded = load_supernet(self.supernet_run)
@@ -59,17 +72,26 @@ class SearchJob:
         if storage is None:
             self.out.mkdir(parents=True, exist_ok=True)
         check_storage(self.storage)
-        self.accuracy = SupernetAccuracy(self.supernet_run, eval_images=eval_images, bn_batches=bn_batches,
-                                         data_dir=data_dir, loaded=loaded)
+        self.protocol, self.criterion, self.recheck = protocol, criterion, recheck
+        self.accuracy = SupernetAccuracy(self.supernet_run, protocol, data_dir=data_dir, loaded=loaded)
         self.space = space
         self.objectives = Objectives.from_table(space, table, self.accuracy, alpha_latency, alpha_size)
-        # what a config's metrics depend on: the weights and the table themselves (a supernet retrained in the
-        # same folder makes other studies), MES and the evaluation settings
-        self.objectives_id = {
-            "supernet": str(self.supernet_run.resolve()), "lut": str(self.lut.resolve()),
-            "supernet_sha1": file_digest(self.supernet_run / CHECKPOINT), "lut_sha1": file_digest(self.lut),
-            "alpha_latency": alpha_latency, "alpha_size": alpha_size, "eval_images": eval_images,
-            "bn_batches": bn_batches, "data_dir": data_dir}
+        # what a config's scores depend on: the weights themselves (a supernet retrained in the same folder
+        # makes other studies) and the evaluation protocol; studies with the same one share their scores
+        weights = file_digest(self.supernet_run / CHECKPOINT)
+        self.evaluation_id = {"supernet_sha1": weights, "protocol": protocol.as_dict(), "data_dir": data_dir}
+        self.recheck_with = None
+        if recheck:
+            second = protocol.replace(offset=protocol.offset + protocol.images)
+            objectives = Objectives.from_table(
+                space, table, SupernetAccuracy(self.supernet_run, second, data_dir=data_dir, loaded=loaded),
+                alpha_latency, alpha_size)
+            self.recheck_with = (objectives, recheck,
+                                 {"supernet_sha1": weights, "protocol": second.as_dict(), "data_dir": data_dir})
+        self.objectives_id = {**self.evaluation_id, "supernet": str(self.supernet_run.resolve()),
+                              "lut": str(self.lut.resolve()), "lut_sha1": file_digest(self.lut),
+                              "alpha_latency": alpha_latency, "alpha_size": alpha_size, "criterion": criterion,
+                              "recheck": recheck}
 
     def default_family(self) -> list[Budget]:
         return default_family(self.space)
@@ -84,13 +106,14 @@ class SearchJob:
         from nas.results import write_search_outputs
 
         budgets = self.check(budgets)
-        arguments = {**self.objectives_id, "budgets": [b.label for b in budgets], "seed": seed,
-                     "evaluations": evaluations}
+        arguments = {**self.objectives_id, "budgets": [b.label for b in budgets]}
+        if algorithm in SAMPLING:  # the greedy searches use neither
+            arguments.update(seed=seed, evaluations=evaluations)
         result = run_search(self.objectives, budgets, algorithm, self.storage, arguments, evaluations=evaluations,
                             seed=seed, supernet=self.accuracy.supernet, progress=progress,
-                            objectives_id=self.objectives_id)
+                            evaluation_id=self.evaluation_id, criterion=self.criterion, recheck=self.recheck_with)
         result.written = write_search_outputs(result, self.out, command)
         return result
 
 
-__all__ = ["SearchJob"]
+__all__ = ["DEFAULT_CRITERION", "SEARCH_PROTOCOL", "SearchJob"]

@@ -29,13 +29,16 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     settings = QuickstartSettings(out=Path(args.out), recipe=args.recipe, data_dir=args.data_dir, params=args.params,
                                   alpha_latency=args.alpha_lat, alpha_size=args.alpha_size,
                                   evaluations=args.evaluations, eval_images=args.eval_images,
-                                  bn_batches=args.bn_batches, lut_runs=args.lut_runs, progress=not args.no_progress)
+                                  bn_batches=args.bn_batches, criterion=args.criterion, lut_runs=args.lut_runs,
+                                  progress=not args.no_progress)
     run_quickstart(settings, echo=lambda line: print(line, flush=True))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     from nas.export import FORMATS
+    from nas.quickstart import QuickstartSettings
 
+    defaults = QuickstartSettings()
     p = commands.add_parser("quickstart", help="the whole pipeline on the embedded default: supernet, latency "
                             "table, searches, export and a report (about 20 min on 2 cores; reruns reuse stages)")
     p.add_argument("--out", default="runs/quickstart", metavar="DIR", help="output folder (default runs/quickstart)")
@@ -46,8 +49,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha-lat", type=float, default=1.0)
     p.add_argument("--alpha-size", type=float, default=0.5)
     p.add_argument("--evaluations", type=int, default=100, help="configs evaluated by each baseline (random, nsga2)")
-    p.add_argument("--eval-images", type=int, default=500, help="held-out images per accuracy (default 500)")
-    p.add_argument("--bn-batches", type=int, default=2, help="batches of 128 for BatchNorm recalibration (default 2)")
+    p.add_argument("--eval-images", type=int, default=defaults.eval_images,
+                   help=f"held-out images per evaluation (default {defaults.eval_images})")
+    p.add_argument("--bn-batches", type=int, default=defaults.bn_batches,
+                   help=f"batches of 128 for BatchNorm recalibration (default {defaults.bn_batches})")
+    p.add_argument("--criterion", default=defaults.criterion,
+                   help=f"what the searches rank configs by: top1, loss or kl (default {defaults.criterion})")
     p.add_argument("--lut-runs", type=int, default=100, help="timed runs per block and validation network")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or search steps")
     p.set_defaults(handler=cmd_quickstart)

@@ -29,7 +29,10 @@ from typing import Callable, Optional
 from search_spaces import InvalidInputError, count_params, get_space, parse_params
 from search_spaces.io import atomic_write_text
 
+from supernet.evaluate import check_criterion
+
 from nas.mes import check_alpha
+from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
 from nas.search import Budget, SearchResult
 
 BACKEND = "torch-cpu"
@@ -46,8 +49,9 @@ class QuickstartSettings:
     alpha_latency: float = 1.0
     alpha_size: float = 0.5
     evaluations: int = 100  # per baseline
-    eval_images: int = 500
-    bn_batches: int = 2
+    eval_images: int = SEARCH_PROTOCOL.images
+    bn_batches: int = SEARCH_PROTOCOL.bn_batches
+    criterion: str = DEFAULT_CRITERION
     lut_runs: int = 100  # timed runs per block and per validation network
     validate_samples: int = 20  # held-out networks of the table's validation (10 more fit the calibration)
     progress: bool = True
@@ -74,6 +78,7 @@ class Quickstart:
         # bad input is refused here, before the supernet trains
         check_alpha(settings.alpha_latency, "--alpha-lat")
         check_alpha(settings.alpha_size, "--alpha-size")
+        check_criterion(settings.criterion)
         for name in ("evaluations", "eval_images", "bn_batches"):
             if getattr(settings, name) < 1:
                 raise InvalidInputError(f"--{name.replace('_', '-')} {getattr(settings, name)}: expected a positive "
@@ -163,15 +168,16 @@ class Quickstart:
     def _job(self):
         from nas.pipeline import SearchJob
 
-        return SearchJob(self.supernet_dir, self.lut, self.search_dir, alpha_latency=self.settings.alpha_latency,
-                         alpha_size=self.settings.alpha_size, eval_images=self.settings.eval_images,
-                         bn_batches=self.settings.bn_batches, data_dir=self.settings.data_dir)
+        s = self.settings
+        protocol = SEARCH_PROTOCOL.replace(images=s.eval_images, bn_batches=s.bn_batches)
+        return SearchJob(self.supernet_dir, self.lut, self.search_dir, alpha_latency=s.alpha_latency,
+                         alpha_size=s.alpha_size, protocol=protocol, criterion=s.criterion, data_dir=s.data_dir)
 
     def _search_command(self, budget_args: str) -> str:
         s = self.settings
         return (f"nas search --supernet {self.supernet_dir} --lut {self.lut} {budget_args} --alpha-lat "
-                f"{s.alpha_latency} --alpha-size {s.alpha_size} --eval-images {s.eval_images} --bn-batches "
-                f"{s.bn_batches} --out {self.search_dir}")
+                f"{s.alpha_latency} --alpha-size {s.alpha_size} --criterion {s.criterion} --eval-images {s.eval_images} "
+                f"--bn-batches {s.bn_batches} --out {self.search_dir}")
 
     def _search(self, job, title: str, budgets: list[Budget], algorithm: str, budget_args: str) -> SearchResult:
         started = self._stage(title)
@@ -280,8 +286,9 @@ class Quickstart:
         lines = ["# nas quickstart: report", "",
                  f"Space `{self.space.name}` ({self.space.resolution} px), data `{self.recipe.dataset}`, latency "
                  f"table `{BACKEND}` (1 thread), MES with alpha_latency {s.alpha_latency}, alpha_size "
-                 f"{s.alpha_size}; accuracy is top-1 on {s.eval_images} held-out training images after BatchNorm "
-                 f"recalibration on {s.bn_batches} batches. Made by `{quickstart}`.", "",
+                 f"{s.alpha_size}; configs are ranked by `{s.criterion}` and accuracy is top-1, both on {s.eval_images} "
+                 f"held-out training images after BatchNorm recalibration on {s.bn_batches} batches. Made by "
+                 f"`{quickstart}`.", "",
                  "## Family search: the config at each budget", "",
                  "| budget | algorithm | top-1 (%) | params (M) | latency (ms) | MES | config |",
                  "|---|---|---|---|---|---|---|"]

@@ -4,7 +4,8 @@ Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget,
 search's name: ``ALGO-LABEL`` for one budget, ``ALGO-family`` for several):
 
 * ``ALGO-LABEL.yaml``: the config selected at each budget reached;
-* ``NAME-trajectory.csv``: step, move, accuracy, params, latency_ms, mes, utility, key;
+* ``NAME-trajectory.csv``: step, move, accuracy (top-1), loss, kl, params, latency_ms, mes, utility
+  (the criterion's drop per MES gain), key;
 * ``NAME-summary.md``: budgets, selected configs and their metrics, evaluations, wall time;
 * ``study.db``: the results store (unless ``--storage`` names another).
 """
@@ -21,7 +22,7 @@ from search_spaces.io import atomic_path, atomic_write_text
 from nas import store
 from nas.search import ALGORITHMS, SearchResult
 
-TRAJECTORY_COLUMNS = ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
+TRAJECTORY_COLUMNS = ["step", "move", "accuracy", "loss", "kl", "params", "latency_ms", "mes", "utility", "key"]
 
 
 def selected_frame(result: SearchResult) -> pd.DataFrame:

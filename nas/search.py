@@ -1,14 +1,19 @@
-"""The fine-grained joint search (SPEC section 4) and its baselines, on one evaluator.
+"""The fine-grained joint search (the paper's Algorithm 1) and its baselines, on one evaluator.
+
+Every algorithm ranks configs by one *criterion* (``CRITERIA``): held-out top-1, mean
+cross-entropy (``loss``) or the KL divergence from the largest subnet's predictions
+(``kl``); all three are measured in one pass and stored, and top-1 is always reported.
 
 Algorithms (``ALGORITHMS``):
 
 * ``fine-grained``: from the largest config, every step scores every applicable move
   (shrink a width, shrink one FFN's expansion, drop a block, drop a block's MHSA) by
-  accuracy drop per MES gain and takes the best (smallest ``dAcc / dMES``). A move that
-  does not lower accuracy wins outright; among several such, the one with the largest
-  MES gain. Remaining ties go to the first move in the space's fixed move order. It
-  stops when every budget is met, recording the config as the trajectory crosses each
-  budget.
+  the criterion's drop per MES gain and takes the best (smallest ``drop / dMES``). A move
+  that does not lower the criterion wins outright; among several such, the one with the
+  largest MES gain. Remaining ties go to the first move in the space's fixed move order.
+  It stops when every budget is met, recording the config as the trajectory crosses each
+  budget. Optionally (``recheck``) a step re-scores its best few moves on a second slice
+  of images before committing.
 * ``v1-scale``: the same loop with depth and width moves only (expansion fixed at the
   largest), EfficientFormer V1's search space.
 * ``v1-scale+prune``: ``v1-scale`` to a budget loosened by ``PRUNE_SLACK``, then
@@ -16,9 +21,10 @@ Algorithms (``ALGORITHMS``):
   channels a shrink would remove with the smallest mean ``|fc1 weight| x |BN scale|``
   go first) until the budget is met.
 * ``random``: ``evaluations`` random configs within the loosest budget; per budget the
-  most accurate one meeting it.
-* ``nsga2``: Optuna's NSGA-II over the config's choices, maximising accuracy and MES,
-  the loosest budget as a constraint; duplicate configs are not re-evaluated.
+  best one meeting it.
+* ``nsga2`` / ``tpe``: Optuna's NSGA-II / multivariate TPE over the config's choices,
+  maximising the criterion and MES, the loosest budget as a constraint; duplicate
+  configs are not re-evaluated.
 
 Every evaluation goes through :class:`Evaluator`, which caches by config key in the
 results store, so a search started again with the same arguments resumes without
@@ -47,10 +53,13 @@ from search_spaces import (
 )
 from search_spaces.presets import PAPER_FIGURES
 
+from supernet.evaluate import Scores, check_criterion
+
 from nas import store
 from nas.objectives import Metrics, Objectives
 
-ALGORITHMS = ("fine-grained", "v1-scale", "v1-scale+prune", "random", "nsga2")
+ALGORITHMS = ("fine-grained", "v1-scale", "v1-scale+prune", "random", "nsga2", "tpe")
+SAMPLING = ("random", "nsga2", "tpe")  # the algorithms that draw --evaluations configs with a --seed
 V1_MOVES = ("width", "drop_block", "drop_mhsa")
 PRUNE_SLACK = 1.25  # v1-scale+prune: V1 stops at budget x 1.25 (params, latency) or / 1.25 (MES)
 
@@ -136,28 +145,40 @@ def check_budgets(objectives: Objectives, budgets: Sequence[Budget]) -> list[Bud
 class Evaluator:
     """Metrics of configs, each evaluated once: cached in memory and in the study.
 
-    ``shared`` holds metrics that other studies of the storage already measured with the
-    same objectives: a config found there is filed in this study without evaluating it.
+    ``shared`` holds the scores that other studies of the storage already measured on the
+    same supernet under the same evaluation protocol: a config found there is filed in this
+    study with this study's costs (table, alphas), without evaluating it.
     """
 
     def __init__(self, objectives: Objectives, study, algorithm: str,
-                 shared: Optional[dict[str, Metrics]] = None) -> None:
-        self.objectives, self.study, self.algorithm = objectives, study, algorithm
+                 shared: Optional[dict[str, Scores]] = None, criterion: str = "top1") -> None:
+        self.objectives, self.study, self.algorithm, self.criterion = objectives, study, algorithm, criterion
         self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
         self.shared = shared or {}
         self.evaluations = 0  # new evaluations made by this process
+        self._prefix: Optional[SubnetConfig] = None  # a config to prepare before the next evaluation
+
+    def share_prefix(self, config: SubnetConfig) -> None:
+        """The next configs share leading stages with ``config``: the accuracy may reuse its prefix
+        (prepared lazily, only if something is actually evaluated)."""
+        self._prefix = config
 
     def __call__(self, config: SubnetConfig, record: bool = True) -> Metrics:
-        """``record=False``: the caller files the trial itself (NSGA-II's ask/tell)."""
+        """``record=False``: the caller files the trial itself (Optuna's ask/tell)."""
         metrics = self.cache.get(config.key)
         if metrics is None:
-            metrics = self.shared.get(config.key)
-            if metrics is None:
+            scores = self.shared.get(config.key)
+            if scores is not None:
+                metrics = self.objectives.with_scores(config, scores)
+            else:
+                if self._prefix is not None:
+                    self.objectives.prepare(self._prefix)
+                    self._prefix = None
                 metrics = self.objectives(config)
                 self.evaluations += 1
             self.cache[config.key] = metrics
             if record and self.study is not None:
-                store.record(self.study, self.objectives.space, config, metrics, self.algorithm)
+                store.record(self.study, self.objectives.space, config, metrics, self.algorithm, self.criterion)
         return metrics
 
     @property
@@ -178,6 +199,7 @@ class SearchResult:
     seconds: float = 0.0
     measured: int = 0  # of which evaluated by this run (the others came from the store)
     written: list = field(default_factory=list)  # output files (nas.results.write_search_outputs)
+    study: str = ""  # the study of the results store that holds its evaluations
 
     @property
     def name(self) -> str:
@@ -186,18 +208,30 @@ class SearchResult:
 
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
-    return {"step": step, "move": move, "accuracy": metrics.accuracy, "params": metrics.params,
-            "latency_ms": metrics.latency_ms, "mes": metrics.mes,
+    return {"step": step, "move": move, "accuracy": metrics.accuracy, "loss": metrics.loss, "kl": metrics.kl,
+            "params": metrics.params, "latency_ms": metrics.latency_ms, "mes": metrics.mes,
             "utility": utility if utility is not None else float("nan"), "key": metrics.key}
 
 
 # -- greedy slimming (fine-grained, v1-scale) -------------------------------------------------------
 
+def _rank(drop: float, gain: float) -> tuple:
+    """A move that costs nothing wins outright, the largest MES gain first (the biggest free
+    stride); otherwise the least drop per MES gain."""
+    return (0, -gain, drop) if drop <= 0 else (1, drop / gain, 0.0)
+
+
 def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget],
                   kinds: Sequence[str] = MOVE_KINDS, start: Optional[SubnetConfig] = None,
-                  progress: Optional[Callable[[str], None]] = None) -> tuple[list[dict], dict]:
-    """Slim from ``start`` (the largest config) one move at a time by least accuracy drop per
-    MES gain until every budget is met. Returns the trajectory and budget label -> (config, metrics)."""
+                  progress: Optional[Callable[[str], None]] = None, criterion: str = "top1",
+                  recheck: Optional[tuple[Evaluator, int]] = None) -> tuple[list[dict], dict]:
+    """Slim from ``start`` (the largest config) one move at a time by least drop of ``criterion``
+    per MES gain until every budget is met. Returns the trajectory and budget label -> (config, metrics).
+
+    ``recheck = (evaluator, k)``: the ``k`` best moves of a step are scored again by a second
+    evaluator (another slice of images) and re-ranked by their mean drop over both before the
+    step commits. Without it, the paper's plain algorithm.
+    """
     state = start or space.largest()
     current = evaluate(state)
     trajectory = [_row(0, "start", current, None)]
@@ -219,20 +253,26 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
             break
         costs = [evaluate.objectives.costs(config) for _, config in candidates]
         gains = [c[2] - current.mes for c in costs]
-        # a move that does not raise MES cannot pay for an accuracy drop; score it only if nothing else is left
+        # a move that does not raise MES cannot pay for a drop; score it only if nothing else is left
         useful = [i for i, gain in enumerate(gains) if gain > 0] or list(range(len(candidates)))
-        best, best_rank = None, None
+        evaluate.share_prefix(state)  # every move changes one stage: the ones before it are the state's
+        scored = []
         for i in useful:
-            move, config = candidates[i]
-            after = evaluate(config)
-            drop = current.accuracy - after.accuracy
-            utility = drop / gains[i] if gains[i] > 0 else math.inf
-            # a move that costs no accuracy wins outright, the largest MES gain first (the biggest free
-            # stride); otherwise the least accuracy drop per MES gain; ties keep the first move in order
-            rank = (0, -gains[i], drop) if drop <= 0 else (1, utility, 0.0)
-            if best is None or rank < best_rank:
-                best, best_rank = (utility, move, config, after), rank
-        utility, move, state, current = best
+            after = evaluate(candidates[i][1])
+            drop = current.score(criterion) - after.score(criterion)
+            scored.append([_rank(drop, gains[i]), i, drop, after])
+        scored.sort(key=lambda row: (row[0], row[1]))  # ties keep the first move in order
+        if recheck is not None:
+            second, k = recheck
+            second.share_prefix(state)
+            base = second(state).score(criterion)
+            for row in scored[:k]:
+                row[2] = (row[2] + base - second(candidates[row[1]][1]).score(criterion)) / 2
+                row[0] = _rank(row[2], gains[row[1]])
+            scored[:k] = sorted(scored[:k], key=lambda row: (row[0], row[1]))
+        _, i, drop, current = scored[0]
+        move, state = candidates[i]
+        utility = drop / gains[i] if gains[i] > 0 else math.inf
         trajectory.append(_row(step, str(move), current, utility))
         if progress:
             progress(f"step {step}: {move}  top-1 {current.accuracy:.2f}  params {current.params / 1e6:.3f}M  "
@@ -286,17 +326,18 @@ def sample_within(space: SearchSpace, budget: Budget, rng: random.Random, costs:
                             f"loosen the budget")
 
 
-def best_per_budget(evaluated: Sequence[tuple[SubnetConfig, Metrics]], budgets: Sequence[Budget]) -> dict:
+def best_per_budget(evaluated: Sequence[tuple[SubnetConfig, Metrics]], budgets: Sequence[Budget],
+                    criterion: str = "top1") -> dict:
     selected = {}
     for budget in budgets:
         feasible = [(c, m) for c, m in evaluated if budget.met(m)]
-        if feasible:  # most accurate, then highest MES, then key: deterministic
-            selected[budget.label] = max(feasible, key=lambda cm: (cm[1].accuracy, cm[1].mes, cm[1].key))
+        if feasible:  # the best by the criterion, then highest MES, then key: deterministic
+            selected[budget.label] = max(feasible, key=lambda cm: (cm[1].score(criterion), cm[1].mes, cm[1].key))
     return selected
 
 
 def random_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
-                  seed: int, progress=None) -> tuple[list[dict], dict]:
+                  seed: int, progress=None, criterion: str = "top1") -> tuple[list[dict], dict]:
     rng = random.Random(seed)
     evaluated, trajectory = [], []
     for i in range(evaluations):
@@ -306,12 +347,15 @@ def random_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
         trajectory.append(_row(i + 1, "sample", metrics, None))
         if progress and (i + 1) % 10 == 0:
             progress(f"{i + 1}/{evaluations} random configs evaluated")
-    return trajectory, best_per_budget(evaluated, budgets)
+    return trajectory, best_per_budget(evaluated, budgets, criterion)
 
 
-def nsga2_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
-                 seed: int, study, progress=None) -> tuple[list[dict], dict]:
-    """NSGA-II in the study itself: its trials are the evaluations (ask/tell), resumable."""
+def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
+                   study, algorithm: str, progress=None, criterion: str = "top1") -> tuple[list[dict], dict]:
+    """NSGA-II or TPE in the study itself: its trials are the evaluations (ask/tell), resumable.
+
+    The sampler maximises (criterion, MES) with the loosest budget as a constraint.
+    """
     optuna = store._optuna()
     loosest = budgets[0]
     distributions = store.distributions(space)
@@ -323,20 +367,19 @@ def nsga2_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budg
         trial = study.ask(distributions)
         config = store.decode(space, trial.params)
         metrics = evaluate(config, record=False)  # a duplicate config is not evaluated again
-        violation = _violation(loosest, metrics)
-        trial.set_constraint("budget", violation)
-        for key, value in store.user_attrs(config, metrics, "nsga2").items():
+        trial.set_constraint("budget", _violation(loosest, metrics))
+        for key, value in store.user_attrs(config, metrics, algorithm).items():
             trial.set_user_attr(key, value)
-        study.tell(trial, [metrics.accuracy, metrics.mes])
+        study.tell(trial, [metrics.score(criterion), metrics.mes])
         if progress and (len(done) + 1) % 10 == 0:
-            progress(f"{len(done) + 1}/{evaluations} NSGA-II trials")
+            progress(f"{len(done) + 1}/{evaluations} {algorithm} trials")
         done.append(trial)
     evaluated, trajectory = [], []
     for i, trial in enumerate(t for t in study.get_trials(deepcopy=False) if store.trial_metrics(t)):
         metrics = store.trial_metrics(trial)
         evaluated.append((store.decode(space, trial.params), metrics))
-        trajectory.append(_row(i + 1, "nsga2", metrics, None))
-    return trajectory, best_per_budget(evaluated, budgets)
+        trajectory.append(_row(i + 1, algorithm, metrics, None))
+    return trajectory, best_per_budget(evaluated, budgets, criterion)
 
 
 def _violation(budget: Budget, metrics: Metrics) -> float:
@@ -348,9 +391,12 @@ def _violation(budget: Budget, metrics: Metrics) -> float:
     return budget.value - metrics.mes
 
 
-def nsga2_sampler(seed: int):
+def optuna_sampler(algorithm: str, seed: int):
+    """NSGA-II (population 20) or multivariate TPE; constraints go through ``Trial.set_constraint``."""
     optuna = store._optuna()
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)  # constraints: Trial.set_constraint
+    if algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
 # -- one search end to end -------------------------------------------------------------------------
@@ -362,52 +408,74 @@ def study_name(algorithm: str, arguments: dict) -> str:
 
 def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
                arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
-               progress=None, objectives_id: Optional[dict] = None) -> SearchResult:
+               progress=None, evaluation_id: Optional[dict] = None, criterion: str = "top1",
+               recheck: Optional[tuple[Objectives, int, Optional[dict]]] = None) -> SearchResult:
     """Run (or resume) one search; ``arguments`` name the study (same arguments, same study).
 
-    ``objectives_id`` names what determines a config's metrics (supernet, table, alphas,
-    evaluation settings): studies of the storage with the same one share their evaluated
-    configs, so a second search over the same supernet re-measures nothing it can reuse.
+    ``evaluation_id`` names what a config's scores depend on (the supernet's weights and the
+    evaluation protocol): studies of the storage with the same one share their scores, so a
+    search with other alphas, another table or another criterion re-measures nothing stored.
+    ``recheck = (objectives, k, evaluation_id)``: the fine-grained step re-scores its ``k`` best
+    moves on the objectives' (second) slice before committing; those scores are kept in the
+    study ``NAME-recheck``.
     """
     if algorithm not in ALGORITHMS:
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
     if evaluations < 1:
         raise InvalidInputError(f"--evaluations {evaluations}: expected a positive number")
+    check_criterion(criterion)
     budgets = check_budgets(objectives, budgets)
     space = objectives.space
     started = time.perf_counter()
-    sampler = nsga2_sampler(seed) if algorithm == "nsga2" else None
+    sampler = optuna_sampler(algorithm, seed) if algorithm in ("nsga2", "tpe") else None
+    evaluation = _jsonable(evaluation_id)
     study = store.open_study(storage, study_name(algorithm, arguments), sampler=sampler,
                              metadata={"algorithm": algorithm, "space": space.name,
-                                       "budgets": [b.label for b in budgets],
+                                       "budgets": [b.label for b in budgets], "criterion": criterion,
                                        "arguments": json.loads(json.dumps(arguments, default=str)),
-                                       **({"objectives": _jsonable(objectives_id)} if objectives_id else {})})
-    shared = store.shared_metrics(storage, _jsonable(objectives_id), exclude=study.study_name) if objectives_id else {}
-    evaluate = Evaluator(objectives, study, algorithm, shared)
+                                       **({"evaluation": evaluation} if evaluation else {})})
+    shared = store.shared_scores(storage, evaluation, exclude=study.study_name) if evaluation else {}
+    evaluate = Evaluator(objectives, study, algorithm, shared, criterion)
+    second = None
+    if recheck is not None and recheck[1] > 0 and algorithm in ("fine-grained", "v1-scale"):
+        # the recheck slice's scores: a study of their own (resumable, shared like any other)
+        objectives_2, k, evaluation_2 = recheck
+        evaluation_2 = _jsonable(evaluation_2)
+        study_2 = store.open_study(storage, f"{study.study_name}-recheck",
+                                   metadata={"algorithm": algorithm, "space": space.name, "recheck_of": study.study_name,
+                                             **({"evaluation": evaluation_2} if evaluation_2 else {})})
+        shared_2 = store.shared_scores(storage, evaluation_2, exclude=study_2.study_name) if evaluation_2 else {}
+        second = (Evaluator(objectives_2, study_2, algorithm, shared_2, criterion), k)
     if algorithm == "fine-grained":
-        trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress)
+        trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress,
+                                             criterion=criterion, recheck=second)
     elif algorithm == "v1-scale":
-        trajectory, selected = greedy_search(space, evaluate, budgets, V1_MOVES, progress=progress)
+        trajectory, selected = greedy_search(space, evaluate, budgets, V1_MOVES, progress=progress,
+                                             criterion=criterion, recheck=second)
     elif algorithm == "v1-scale+prune":
-        trajectory, selected = _v1_scale_prune(space, evaluate, budgets, supernet, progress)
+        trajectory, selected = _v1_scale_prune(space, evaluate, budgets, supernet, progress, criterion)
     elif algorithm == "random":
-        trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress)
+        trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress, criterion)
     else:
-        trajectory, selected = nsga2_search(space, evaluate, budgets, evaluations, seed, study, progress)
-    return SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
-                        time.perf_counter() - started, evaluate.evaluations)
+        trajectory, selected = sampler_search(space, evaluate, budgets, evaluations, study, algorithm, progress,
+                                              criterion)
+    result = SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
+                          time.perf_counter() - started, evaluate.evaluations, study=study.study_name)
+    if second is not None:
+        result.measured += second[0].evaluations
+    return result
 
 
 def _jsonable(data: Optional[dict]):
     return json.loads(json.dumps(data, sort_keys=True, default=str)) if data is not None else None
 
 
-def _v1_scale_prune(space, evaluate, budgets, supernet, progress):
+def _v1_scale_prune(space, evaluate, budgets, supernet, progress, criterion):
     if supernet is None:
         raise InvalidInputError("v1-scale+prune needs the supernet's weights (magnitude pruning)")
     scores = hidden_channel_scores(supernet)
     loose = [b.loosened(PRUNE_SLACK) for b in budgets]
-    trajectory, reached = greedy_search(space, evaluate, loose, V1_MOVES, progress=progress)
+    trajectory, reached = greedy_search(space, evaluate, loose, V1_MOVES, progress=progress, criterion=criterion)
     selected = {}
     for budget, loose_budget in zip(budgets, loose):
         if loose_budget.label not in reached:
@@ -415,7 +483,7 @@ def _v1_scale_prune(space, evaluate, budgets, supernet, progress):
         config = reached[loose_budget.label][0]
         pruned = prune_expansions(space, config, scores, budget, evaluate.objectives.costs)
         if not budget.met(evaluate.objectives.costs(pruned)):  # pruning alone cannot get there
-            _, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned)
+            _, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned, criterion=criterion)
             pruned = more[budget.label][0] if budget.label in more else pruned
         metrics = evaluate(pruned)
         trajectory.append(_row(len(trajectory), f"prune to {budget.label}", metrics, None))

@@ -27,12 +27,13 @@ def _budgets(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from nas.pipeline import SearchJob
+    from nas.pipeline import SEARCH_PROTOCOL, SearchJob
     from nas.results import selected_frame
 
     budgets = _budgets(args)
+    protocol = SEARCH_PROTOCOL.replace(images=args.eval_images, offset=args.eval_offset, bn_batches=args.bn_batches)
     job = SearchJob(args.supernet, args.lut, args.out, storage=args.storage, alpha_latency=args.alpha_lat,
-                    alpha_size=args.alpha_size, eval_images=args.eval_images, bn_batches=args.bn_batches,
+                    alpha_size=args.alpha_size, protocol=protocol, criterion=args.criterion, recheck=args.recheck,
                     data_dir=args.data_dir)
     budgets = job.check(budgets if budgets is not None else job.default_family())
     progress = None if args.quiet else (lambda line: print(line, flush=True))
@@ -65,7 +66,9 @@ def cmd_results_show(args: argparse.Namespace) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
     from nas.search import ALGORITHMS
+    from supernet.evaluate import CRITERIA
 
     p = commands.add_parser("search", help="MES-driven search of a trained supernet under a budget")
     p.add_argument("--supernet", required=True, metavar="RUN_DIR")
@@ -81,9 +84,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--algorithm", choices=ALGORITHMS, default="fine-grained")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite in --out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--evaluations", type=int, default=100, help="configs evaluated by random and nsga2")
-    p.add_argument("--eval-images", type=int, default=500, help="held-out images per accuracy (default 500)")
-    p.add_argument("--bn-batches", type=int, default=2, help="batches of 128 for BatchNorm recalibration (default 2)")
+    p.add_argument("--evaluations", type=int, default=100, help="configs evaluated by random, nsga2 and tpe")
+    p.add_argument("--criterion", default=DEFAULT_CRITERION, metavar="|".join(CRITERIA),
+                   help=f"what configs are ranked by: held-out top-1, mean cross-entropy (loss) or KL divergence "
+                        f"from the largest subnet (kl); all three are stored (default {DEFAULT_CRITERION})")
+    p.add_argument("--recheck", type=int, default=0, metavar="K",
+                   help="fine-grained: re-score each step's K best moves on the next slice of as many images "
+                        "before committing (default 0: the paper's plain step)")
+    p.add_argument("--eval-images", type=int, default=SEARCH_PROTOCOL.images,
+                   help=f"held-out images per evaluation (default {SEARCH_PROTOCOL.images})")
+    p.add_argument("--eval-offset", type=int, default=SEARCH_PROTOCOL.offset,
+                   help="first held-out image of the search slice (default 0)")
+    p.add_argument("--bn-batches", type=int, default=SEARCH_PROTOCOL.bn_batches,
+                   help=f"batches of {SEARCH_PROTOCOL.batch_size} training images for BatchNorm recalibration "
+                        f"(default {SEARCH_PROTOCOL.bn_batches})")
     p.add_argument("--data-dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_search)

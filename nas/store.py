@@ -1,8 +1,12 @@
 """The results store: every search is an Optuna study, every evaluated config a trial.
 
-A trial's values are (accuracy, MES), both maximised, so Optuna's Pareto tools work
+A trial's values are (the search criterion's score, MES), both maximised, so Optuna's Pareto tools work
 on every study; its user attributes hold the config key, the config itself (JSON),
-the parameters, the latency and the algorithm that evaluated it. Its params encode
+top-1 (``accuracy``), mean cross-entropy (``loss``), the KL divergence from the largest
+subnet (``kl``), the parameters, the latency and the algorithm that evaluated it. A
+study's ``evaluation`` attribute names what its scores depend on (the supernet's weights
+and the evaluation protocol): studies with the same one share their scores, whatever
+their latency table or alphas. Its params encode
 the config's choices (a width per stage, a block token per supernet block), which
 is also the search space NSGA-II samples.
 
@@ -12,10 +16,12 @@ URL Optuna accepts works for several machines sharing one study.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 from search_spaces import BlockConfig, InvalidInputError, SearchSpace, StageConfig, SubnetConfig
+from supernet.evaluate import Scores
 
 from nas.objectives import Metrics
 
@@ -102,7 +108,8 @@ def trial_metrics(trial) -> Optional[Metrics]:
     attrs = trial.user_attrs
     if trial.state.name != "COMPLETE" or "key" not in attrs:
         return None
-    return Metrics(attrs["key"], attrs["accuracy"], attrs["params"], attrs["latency_ms"], attrs["mes"])
+    return Metrics(attrs["key"], attrs["accuracy"], attrs["params"], attrs["latency_ms"], attrs["mes"],
+                   attrs.get("loss", math.nan), attrs.get("kl", math.nan))
 
 
 def stored_metrics(study) -> dict[str, Metrics]:
@@ -115,14 +122,16 @@ def stored_metrics(study) -> dict[str, Metrics]:
     return result
 
 
-def shared_metrics(storage: str, objectives_id: Any, exclude: str = "") -> dict[str, Metrics]:
-    """Evaluated configs of every other study in ``storage`` whose ``objectives`` attribute
-    equals ``objectives_id`` (same supernet, table, MES and evaluation settings)."""
+def shared_scores(storage: str, evaluation_id: Any, exclude: str = "") -> dict[str, Scores]:
+    """The scores (top-1, loss, KL) of the configs evaluated by every other study in ``storage``
+    whose ``evaluation`` attribute equals ``evaluation_id``: the same supernet weights and
+    evaluation protocol, whatever their latency table, backend, alphas or criterion."""
     optuna = _optuna()
-    result: dict[str, Metrics] = {}
+    result: dict[str, Scores] = {}
     for summary in optuna.study.get_all_study_summaries(storage):
-        if summary.study_name != exclude and summary.user_attrs.get("objectives") == objectives_id:
-            result.update(stored_metrics(optuna.load_study(study_name=summary.study_name, storage=storage)))
+        if summary.study_name != exclude and summary.user_attrs.get("evaluation") == evaluation_id:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            result.update((key, m.scores) for key, m in stored_metrics(study).items())
     return result
 
 
@@ -130,11 +139,12 @@ def user_attrs(config: SubnetConfig, metrics: Metrics, algorithm: str) -> dict[s
     return {**metrics.as_dict(), "config": config.to_json(), "algorithm": algorithm}
 
 
-def record(study, space: SearchSpace, config: SubnetConfig, metrics: Metrics, algorithm: str) -> None:
-    """Add an evaluated config to the study as a finished trial."""
+def record(study, space: SearchSpace, config: SubnetConfig, metrics: Metrics, algorithm: str,
+           criterion: str = "top1") -> None:
+    """Add an evaluated config to the study as a finished trial: values (criterion score, MES)."""
     optuna = _optuna()
     study.add_trial(optuna.trial.create_trial(
-        params=encode(config), distributions=distributions(space), values=[metrics.accuracy, metrics.mes],
+        params=encode(config), distributions=distributions(space), values=[metrics.score(criterion), metrics.mes],
         user_attrs=user_attrs(config, metrics, algorithm)))
 
 

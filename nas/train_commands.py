@@ -46,13 +46,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_subnet(args: argparse.Namespace) -> None:
+    from supernet.evaluate import EvalProtocol
     from supernet.train import evaluate_config
 
     config = resolve_config(args.config)
-    evaluation = evaluate_config(Path(args.supernet), config, split=args.split, data_dir=args.data_dir,
-                                 bn_batches=args.bn_batches, images=args.images)
-    print(f"{config.key}  split {args.split}  top-1 {evaluation.top1:.2f}%  loss {evaluation.loss:.4f}  "
-          f"({evaluation.images} images, BatchNorm recalibrated)")
+    protocol = EvalProtocol(images=args.images, offset=args.offset, bn_batches=args.bn_batches, split=args.split)
+    scores = evaluate_config(Path(args.supernet), config, protocol, data_dir=args.data_dir)
+    print(f"{config.key}  split {args.split}  top-1 {scores.top1:.2f}%  loss {scores.loss:.4f}  KL from the largest "
+          f"{scores.kl:.4f}  ({scores.images} images from {args.offset}, BatchNorm recalibrated on {args.bn_batches} "
+          f"batches)")
 
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +69,9 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
+    from supernet.evaluate import EvalProtocol
+
+    defaults = EvalProtocol()
     p = commands.add_parser("train-supernet", help="train a weight-sharing supernet (sandwich rule)")
     _training_arguments(p)
     p.set_defaults(handler=cmd_train_supernet)
@@ -83,6 +88,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG_OR_PRESET")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--data-dir")
-    p.add_argument("--bn-batches", type=int, help="batches for BatchNorm recalibration (default: recipe's)")
-    p.add_argument("--images", type=int, help="evaluate on the first N images of the split")
+    p.add_argument("--bn-batches", type=int, default=defaults.bn_batches,
+                   help=f"batches of {defaults.batch_size} for BatchNorm recalibration (default {defaults.bn_batches}, "
+                        f"as the search)")
+    p.add_argument("--images", type=int, help="evaluate on N images of the split (default: all)")
+    p.add_argument("--offset", type=int, default=0, help="first image of the split (default 0)")
     p.set_defaults(handler=cmd_eval_subnet)

@@ -200,7 +200,7 @@ class Splits:
         dataset = self.dataset(split)
         sampler = None
         if shuffle_seed is not None:
-            sampler = ResumableSampler(len(dataset), seed=shuffle_seed, batch_size=batch_size or 1)
+            sampler = ResumableSampler(len(dataset), seed=shuffle_seed, batch_size=1)  # every image, seeded order
         return DataLoader(dataset, batch_size=batch_size or self.recipe.batch_size, sampler=sampler,
                           num_workers=self.recipe.num_workers, drop_last=False)
 

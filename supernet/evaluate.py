@@ -1,7 +1,21 @@
-"""BatchNorm recalibration and evaluation of sub-networks."""
+"""BatchNorm recalibration and evaluation of sub-networks, under one evaluation protocol.
+
+:class:`EvalProtocol` is the one description of how a subnet's accuracy is measured
+(which held-out images, how many BatchNorm calibration batches, the batch size); the
+search, ``nas eval-subnet``, the training log, ``nas export``'s supernet weights and the
+reproductions all build their evaluation from it.
+
+:class:`SubnetScorer` measures configs of one supernet under a protocol. In one pass per
+config it gives top-1, mean cross-entropy and the KL divergence from the largest
+subnet's predictions (:class:`Scores`), per image when asked. Configs that share their
+stem and leading stages with a *prepared* config (the search's current state: every move
+of a step changes one stage) reuse that prefix's activations and BatchNorm statistics:
+only the stages from the first changed one onwards are recalibrated and run.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from itertools import islice
 from typing import Iterable, Optional
 
@@ -9,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import SubnetConfig
+from search_spaces import InvalidInputError, SubnetConfig
 from supernet.extract import extract, supernet_key
 from supernet.supernet import Supernet
+
+CRITERIA = ("top1", "loss", "kl")  # what a search step ranks moves by (nas search --criterion)
 
 
 def flush_denormals() -> None:
@@ -24,11 +40,122 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+# -- the protocol -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a subnet is evaluated: held-out images ``[offset, offset + images)`` of ``split``
+    (``images=None``: to the end of the split), after BatchNorm recalibration on the first
+    ``bn_batches`` batches of ``batch_size`` training images in the recipe's seeded order."""
+
+    images: Optional[int] = None
+    offset: int = 0
+    bn_batches: int = 2
+    batch_size: int = 128
+    split: str = "val"
+
+    def __post_init__(self) -> None:
+        if self.images is not None and self.images < 1:
+            raise InvalidInputError(f"evaluation images {self.images}: expected a positive number")
+        if self.offset < 0:
+            raise InvalidInputError(f"evaluation slice offset {self.offset}: expected 0 or more")
+        if self.bn_batches < 1 or self.batch_size < 1:
+            raise InvalidInputError(f"BatchNorm batches {self.bn_batches} of {self.batch_size} images: expected "
+                                    f"positive numbers")
+        if self.split not in ("val", "test"):
+            raise InvalidInputError(f"evaluation split {self.split!r}: expected val (held-out) or test")
+
+    def replace(self, **changes) -> "EvalProtocol":
+        return EvalProtocol(**{**asdict(self), **changes})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def stop(self) -> Optional[int]:
+        return None if self.images is None else self.offset + self.images
+
+    def describe(self) -> str:
+        where = "held-out" if self.split == "val" else "test"
+        span = f"images {self.offset}-{self.stop}" if self.images else f"images {self.offset}-end"
+        return f"{where} {span}, BatchNorm recalibrated on {self.bn_batches} batches of {self.batch_size}"
+
+    def overlaps(self, other: "EvalProtocol") -> bool:
+        """Whether the two protocols evaluate on any common image."""
+        if self.split != other.split:
+            return False
+        end_a = float("inf") if self.stop is None else self.stop
+        end_b = float("inf") if other.stop is None else other.stop
+        return self.offset < end_b and other.offset < end_a
+
+    def data(self, recipe, resolution: int, data_dir: Optional[str] = None) -> tuple[list, list]:
+        """``(calibration batches, evaluation batches)`` in memory: every config sees the same images.
+
+        A slice that does not fit in the split is refused before any evaluation.
+        """
+        from torch.utils.data import DataLoader, Subset
+
+        from supernet.data import Splits
+
+        splits = Splits(recipe.replace(eval_images=None), resolution, data_dir=data_dir)
+        dataset = splits.dataset(self.split)
+        stop = len(dataset) if self.stop is None else self.stop
+        if stop > len(dataset) or self.offset >= len(dataset):
+            raise InvalidInputError(f"evaluation slice: images {self.offset}-{stop} of the {self.split} split, which "
+                                    f"has {len(dataset)} images; expected a slice within it")
+        loader = DataLoader(Subset(dataset, range(self.offset, stop)), batch_size=self.batch_size,
+                            num_workers=recipe.num_workers)
+        eval_batches = [(images, labels) for images, labels, *_ in loader]
+        return self.calibration(recipe, resolution, data_dir, splits), eval_batches
+
+    def calibration(self, recipe, resolution: int, data_dir: Optional[str] = None, splits=None) -> list:
+        """The BatchNorm calibration batches: training images (evaluation transform) in the recipe's
+        seeded order."""
+        from supernet.data import Splits
+
+        splits = splits or Splits(recipe, resolution, data_dir=data_dir)
+        calib = splits.eval_loader("calib", batch_size=self.batch_size, shuffle_seed=recipe.seed)
+        return [images for images, *_ in islice(calib, self.bn_batches)]
+
+
+# -- recalibration and plain evaluation -------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Evaluation:
     top1: float  # percent
     loss: float
     images: int
+
+
+def _batch_norms(module: nn.Module) -> list:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def _exact_statistics(norms: list):
+    """Inside: BatchNorm layers ``norms`` accumulate the exact mean statistics of what runs through
+    them in train mode (a cumulative average from zero); after, their usual momentum."""
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    try:
+        yield
+    finally:
+        for bn in norms:
+            bn.momentum = 0.1
+
+
+@torch.no_grad()
+def _calibrate(modules: list[nn.Module], norms: list, inputs: Iterable[torch.Tensor]) -> None:
+    """Exact BatchNorm averages of ``norms`` over ``inputs`` run through ``modules`` in train mode."""
+    with _exact_statistics(norms):
+        for module in modules:
+            module.train()
+        for x in inputs:
+            for module in modules:
+                x = module(x)
+        for module in modules:
+            module.eval()
 
 
 @torch.no_grad()
@@ -42,16 +169,8 @@ def recalibrate_bn(supernet: Supernet, config: SubnetConfig, loader: Iterable, n
     """
     device = next(supernet.parameters()).device
     model = extract(supernet, config).to(device)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average = the exact mean over the batches
-    model.train()
-    for images, *_ in islice(loader, num_batches):
-        model(images.to(device))
-    model.eval()
-    for bn in norms:
-        bn.momentum = 0.1
+    batches = (batch[0] if isinstance(batch, (tuple, list)) else batch for batch in islice(loader, num_batches))
+    _calibrate([model], _batch_norms(model), (images.to(device) for images in batches))
     if write_back:
         source = supernet.state_dict()
         for key, value in model.state_dict().items():
@@ -78,6 +197,164 @@ def evaluate(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
     if count == 0:
         return Evaluation(float("nan"), float("nan"), 0)
     return Evaluation(100.0 * correct / count, loss_sum / count, count)
+
+
+# -- scoring configs under a protocol --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scores:
+    """A config's scores on the protocol's images: top-1 (%), mean cross-entropy, and the mean
+    KL divergence KL(largest || config) of its predicted class distribution from the largest
+    subnet's (0 for the largest itself)."""
+
+    top1: float
+    loss: float
+    kl: float
+    images: int
+
+    def value(self, criterion: str) -> float:
+        """The criterion as a quantity to maximise: top-1, minus the loss, minus the KL."""
+        if criterion == "top1":
+            return self.top1
+        if criterion == "loss":
+            return -self.loss
+        if criterion == "kl":
+            return -self.kl
+        raise InvalidInputError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """Per-image results of one config: correct (bool), cross-entropy, KL from the largest."""
+
+    correct: torch.Tensor
+    loss: torch.Tensor
+    kl: torch.Tensor
+
+    def scores(self, index=None) -> Scores:
+        """The scores of all images, or of those selected by ``index`` (a slice or an index tensor)."""
+        correct, loss, kl = ((t if index is None else t[index]) for t in (self.correct, self.loss, self.kl))
+        n = correct.numel()
+        return Scores(100.0 * correct.float().mean().item(), loss.double().mean().item(), kl.double().mean().item(), n)
+
+
+def check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise InvalidInputError(f"--criterion {criterion!r}: expected one of {', '.join(CRITERIA)}")
+    return criterion
+
+
+def shared_stages(a: SubnetConfig, b: SubnetConfig) -> int:
+    """How many leading stages two configs share, stem included; -1 if even the stem differs."""
+    if a.resolution != b.resolution or a.stem_width != b.stem_width:
+        return -1
+    count = 0
+    for stage_a, stage_b in zip(a.stages, b.stages):
+        if stage_a != stage_b:
+            break
+        count += 1
+    return count
+
+
+class SubnetScorer:
+    """Scores of configs of one supernet on fixed in-memory batches (see the module's doc)."""
+
+    def __init__(self, supernet: Supernet, calib_batches: list, eval_batches: list) -> None:
+        self.supernet = supernet
+        self.device = next(supernet.parameters()).device
+        self.calib_batches = [images.to(self.device) for images in calib_batches]
+        self.eval_batches = eval_batches
+        self.labels = torch.cat([labels for _, labels in eval_batches]) if eval_batches else torch.empty(0)
+        self._reference: Optional[list[torch.Tensor]] = None  # the largest subnet's log-probabilities
+        self._prepared: Optional[tuple[SubnetConfig, list]] = None  # a config and its prefix activations
+        self.evaluations = 0
+
+    @classmethod
+    def from_protocol(cls, supernet: Supernet, recipe, protocol: EvalProtocol,
+                      data_dir: Optional[str] = None) -> "SubnetScorer":
+        calib, batches = protocol.data(recipe, supernet.space.resolution, data_dir=data_dir)
+        return cls(supernet, calib, batches)
+
+    @property
+    def space(self):
+        return self.supernet.space
+
+    def __call__(self, config: SubnetConfig) -> Scores:
+        return self.per_image(config).scores()
+
+    @torch.no_grad()
+    def per_image(self, config: SubnetConfig, reference: Optional[list[torch.Tensor]] = None) -> PerImage:
+        """Per-image results; the KL is from ``reference`` log-probabilities (default: the largest subnet's)."""
+        log_probs = self.log_probs(config)
+        self.evaluations += 1
+        return self.compare(log_probs, reference)
+
+    @torch.no_grad()
+    def compare(self, log_probs: list[torch.Tensor], reference: Optional[list[torch.Tensor]] = None) -> PerImage:
+        """Per-image results of log-probabilities (of :meth:`log_probs`) against the labels and ``reference``."""
+        reference = self._reference_log_probs() if reference is None else reference
+        correct, loss, kl = [], [], []
+        for lp, ref, (_, labels) in zip(log_probs, reference, self.eval_batches):
+            correct.append(lp.argmax(dim=1) == labels)
+            loss.append(F.nll_loss(lp, labels, reduction="none"))
+            kl.append(F.kl_div(lp, ref, log_target=True, reduction="none").sum(dim=1).clamp_min(0))
+        return PerImage(torch.cat(correct), torch.cat(loss), torch.cat(kl))
+
+    def _reference_log_probs(self) -> list[torch.Tensor]:
+        if self._reference is None:
+            self._reference = self.log_probs(self.space.largest(), use_prefix=False)
+        return self._reference
+
+    @torch.no_grad()
+    def prepare(self, config: SubnetConfig) -> None:
+        """Keep ``config``'s prefix activations (after the stem and after each stage) on the
+        calibration and evaluation images, for configs that share leading stages with it."""
+        model = extract(self.supernet, config).eval()
+        norms = _batch_norms(model)
+        with _exact_statistics(norms):  # the prefix recalibrates while its train-mode activations are recorded
+            calib_outputs = self._boundary_outputs(model, self.calib_batches, train=True)
+        boundaries = [calib_outputs, self._boundary_outputs(model, self._eval_images(), train=False)]
+        self._prepared = (config, boundaries)
+
+    def forget(self) -> None:
+        self._prepared = None
+
+    @staticmethod
+    def _boundary_outputs(model: nn.Module, inputs: list[torch.Tensor], train: bool) -> list[list[torch.Tensor]]:
+        """Per boundary (0: after the stem, k: after stage k), the activations of each batch."""
+        outputs = [[] for _ in range(len(model.stages) + 1)]
+        model.train(train)
+        for x in inputs:
+            x = model.stem(x)
+            outputs[0].append(x)
+            for k, stage in enumerate(model.stages):
+                x = stage(x)
+                outputs[k + 1].append(x)
+        model.eval()
+        return outputs
+
+    @torch.no_grad()
+    def log_probs(self, config: SubnetConfig, use_prefix: bool = True) -> list[torch.Tensor]:
+        """Log-probabilities of every evaluation batch, after BatchNorm recalibration."""
+        model = extract(self.supernet, config).eval()
+        shared = shared_stages(config, self._prepared[0]) if (use_prefix and self._prepared) else -1
+        if shared < 0:  # from the images
+            body = [model.stem, *model.stages, model.norm]
+            calib_inputs, eval_inputs = self.calib_batches, self._eval_images()
+        else:  # from the prepared config's activations after the stem and ``shared`` stages
+            body = [*model.stages[shared:], model.norm]
+            calib_inputs, eval_inputs = (outputs[shared] for outputs in self._prepared[1])
+        norms = [bn for module in body for bn in _batch_norms(module)]
+        _calibrate(body, norms, calib_inputs)
+        result = []
+        for x in eval_inputs:
+            for module in body:
+                x = module(x)
+            result.append(F.log_softmax(model.forward_head(x).float(), dim=1).cpu())
+        return result
+
+    def _eval_images(self):
+        return (images.to(self.device) for images, _ in self.eval_batches)
 
 
 def evaluate_subnet(supernet: Supernet, config: SubnetConfig, calib_loader: Iterable, eval_loader: Iterable,

@@ -68,8 +68,7 @@ class Recipe:
     distill_alpha: float = 0.5  # weight of the distillation head's loss
     distill_tau: float = 1.0  # temperature of soft distillation
     # evaluation, checkpoints, runtime
-    bn_batches: int = 20  # batches used to recalibrate BatchNorm before evaluating a subnet
-    eval_images: Optional[int] = None  # evaluate on the first N images of a split (None: all)
+    eval_images: Optional[int] = None  # the training log's evaluation: the first N held-out images (None: all)
     checkpoint_every_steps: int = 200
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
@@ -80,7 +79,7 @@ class Recipe:
         if self.dataset not in DATASETS:
             raise InvalidInputError(f"recipe: dataset {self.dataset!r} is unknown; expected one of "
                                     f"{', '.join(DATASETS)}")
-        for name in ("epochs", "batch_size", "checkpoint_every_steps", "bn_batches"):
+        for name in ("epochs", "batch_size", "checkpoint_every_steps"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected a positive integer")
         for name in ("val_split", "num_workers", "num_random"):
@@ -117,6 +116,9 @@ class Recipe:
             raise InvalidInputError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
+        # recipes of earlier versions (checkpoints keep theirs): BatchNorm batches are now the evaluation
+        # protocol's (supernet.evaluate.EvalProtocol), one value for every evaluation
+        data = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidInputError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; expected keys "
@@ -126,6 +128,9 @@ class Recipe:
             return cls(**values)
         except InvalidInputError as error:
             raise InvalidInputError(str(error).replace("recipe:", f"{source}:", 1)) from None
+
+
+LEGACY_KEYS = ("bn_batches",)
 
 
 def _coerce(value: Any, hint: Any, what: str) -> Any:

@@ -22,7 +22,7 @@ from torch import nn
 from search_spaces import InvalidInputError, SubnetConfig, get_space, parse_config_text
 from search_spaces.model import build_model
 from supernet.data import Splits
-from supernet.evaluate import evaluate, flush_denormals, recalibrate_bn
+from supernet.evaluate import EvalProtocol, evaluate, flush_denormals, recalibrate_bn
 from supernet.recipe import Recipe
 from supernet.train import (
     CHECKPOINT,
@@ -150,7 +150,7 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
     ``weights`` is a run folder or its checkpoint: of a network (``nas train``), whose config
     ``config`` must be if given; or of a supernet, from which ``config`` (default: the
     largest) is extracted and its BatchNorm statistics recalibrated on the supernet's
-    training data (``recipe.bn_batches`` batches, as the search evaluated it).
+    training data (:class:`supernet.evaluate.EvalProtocol`'s batches, as the search evaluates it).
     """
     path = _checkpoint_path(weights)
     payload = load_checkpoint(path, ("supernet", NETWORK))
@@ -168,9 +168,9 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
     flush_denormals()
     supernet, recipe = supernet_from_checkpoint(payload, path)
     config = config or supernet.space.largest()
-    splits = Splits(recipe, supernet.space.resolution, data_dir=data_dir)
-    calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
-    model = recalibrate_bn(supernet, config, calib, recipe.bn_batches)
+    protocol = EvalProtocol()
+    calib = protocol.calibration(recipe, supernet.space.resolution, data_dir=data_dir)
+    model = recalibrate_bn(supernet, config, calib, protocol.bn_batches)
     return model.eval(), config
 
 

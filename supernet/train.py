@@ -31,7 +31,7 @@ from torch import nn
 from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
 from search_spaces.io import atomic_path, atomic_write_text
 from supernet.data import ResumableSampler, Splits
-from supernet.evaluate import evaluate, evaluate_subnet, flush_denormals
+from supernet.evaluate import EvalProtocol, Scores, SubnetScorer, evaluate, flush_denormals
 from supernet.recipe import Recipe
 from supernet.supernet import Supernet
 
@@ -285,13 +285,10 @@ class SupernetTask(TrainingTask):
         """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""
         if self.recipe.val_split == 0:
             return {}
-        calib = splits.eval_loader("calib", shuffle_seed=self.recipe.seed)
-        val = splits.eval_loader("val")
-        result = {}
-        for name, config in (("largest", self.space.largest()), ("smallest", self.space.smallest())):
-            evaluation = evaluate_subnet(module, config, calib, val, self.recipe.bn_batches)
-            result[f"val_top1_{name}"] = round(evaluation.top1, 3)
-        return result
+        protocol = EvalProtocol(images=self.recipe.eval_images)
+        scorer = SubnetScorer.from_protocol(module, self.recipe, protocol, data_dir=splits.data_dir)
+        return {f"val_top1_{name}": round(scorer(config).top1, 3)
+                for name, config in (("largest", self.space.largest()), ("smallest", self.space.smallest()))}
 
 
 def train_supernet(recipe: Recipe, out: Path, resume: bool = False, epochs: Optional[int] = None,
@@ -470,19 +467,15 @@ def supernet_from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[Super
     return supernet.eval(), recipe
 
 
-def evaluate_config(run_dir: Path, config: SubnetConfig, split: str = "val", data_dir: Optional[str] = None,
-                    bn_batches: Optional[int] = None, images: Optional[int] = None):
-    """Top-1 and loss of ``config`` from a trained supernet, after BatchNorm recalibration."""
+def evaluate_config(run_dir: Path, config: SubnetConfig, protocol: EvalProtocol = EvalProtocol(),
+                    data_dir: Optional[str] = None) -> Scores:
+    """Top-1, loss and KL from the largest subnet of ``config`` from a trained supernet, under ``protocol``."""
     flush_denormals()
     supernet, recipe = load_supernet(run_dir)
     if config.space != supernet.space.name:
         raise InvalidInputError(f"the config belongs to space {config.space!r}; the supernet in "
                                 f"{str(run_dir)!r} is of space {supernet.space.name!r}")
-    if images is not None:
-        recipe = recipe.replace(eval_images=images)
-    splits = Splits(recipe, supernet.space.resolution, data_dir=data_dir)
-    calib = splits.eval_loader("calib", shuffle_seed=recipe.seed)
-    return evaluate_subnet(supernet, config, calib, splits.eval_loader(split), bn_batches or recipe.bn_batches)
+    return SubnetScorer.from_protocol(supernet, recipe, protocol, data_dir=data_dir)(config)
 
 
 __all__ = ["SupernetTask", "TrainResult", "TrainingDiverged", "TrainingTask", "evaluate", "evaluate_config",

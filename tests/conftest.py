@@ -45,7 +45,7 @@ def nas_cli():
 
 SMALL_RUN = {
     "space": "efficientformerv2-tiny@32", "max_train_images": 640, "val_split": 256, "epochs": 1,
-    "batch_size": 32, "checkpoint_every_steps": 1000, "bn_batches": 1, "eval_images": 64, "warmup_epochs": 0.1,
+    "batch_size": 32, "checkpoint_every_steps": 1000, "eval_images": 64, "warmup_epochs": 0.1,
 }
 
 

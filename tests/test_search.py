@@ -23,6 +23,7 @@ from nas.search import (
     study_name,
 )
 from search_spaces import InvalidInputError, count_params, get_space
+from supernet.evaluate import EvalProtocol
 
 
 class ParamsAccuracy:
@@ -40,7 +41,7 @@ def table(tiny_lut):
 
 @pytest.fixture(scope="module")
 def accuracy(tiny_supernet_run):
-    return SupernetAccuracy(tiny_supernet_run, eval_images=64, bn_batches=1, batch_size=64)
+    return SupernetAccuracy(tiny_supernet_run, EvalProtocol(images=64, bn_batches=1, batch_size=64))
 
 
 def test_greedy_takes_the_least_accuracy_drop_per_mes_gain(table):
@@ -135,7 +136,8 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     label = f"params-{float(budget[:-1]):.3g}M"
     assert (out / f"fine-grained-{label}.yaml").exists()
     trajectory = pd.read_csv(out / f"fine-grained-{label}-trajectory.csv")
-    assert list(trajectory.columns) == ["step", "move", "accuracy", "params", "latency_ms", "mes", "utility", "key"]
+    assert list(trajectory.columns) == ["step", "move", "accuracy", "loss", "kl", "params", "latency_ms", "mes",
+                                        "utility", "key"]
     assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6
     summary = (out / f"fine-grained-{label}-summary.md").read_text()
     assert "| budget | top-1 (%)" in summary and "Configs evaluated:" in summary
@@ -146,7 +148,9 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     assert len(summaries) == 1
     study = store.open_study(store.default_storage(out), summaries[0].study_name)
     frame = study.trials_dataframe()
-    assert {"user_attrs_key", "user_attrs_accuracy", "user_attrs_mes", "user_attrs_params"} <= set(frame.columns)
+    assert {"user_attrs_key", "user_attrs_accuracy", "user_attrs_loss", "user_attrs_kl", "user_attrs_mes",
+            "user_attrs_params"} <= set(frame.columns)
+    assert (frame["user_attrs_loss"] > 0).all() and (frame["user_attrs_kl"] >= 0).all()
     assert frame["user_attrs_key"].is_unique
     evaluated = len(frame)
     # again, same arguments: nothing is evaluated again, the result is the same
@@ -200,7 +204,7 @@ def test_interrupted_search_resumes_from_the_store(table, accuracy, tmp_path):
     objectives.accuracy = original
 
 
-@pytest.mark.parametrize("algorithm", ["random", "nsga2", "v1-scale+prune"])
+@pytest.mark.parametrize("algorithm", ["random", "nsga2", "tpe", "v1-scale+prune"])
 def test_baselines_through_the_cli(algorithm, tiny_supernet_run, tiny_lut, tmp_path):
     budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.6 / 1e6:.3f}M"
     out = tmp_path / algorithm
@@ -212,7 +216,7 @@ def test_baselines_through_the_cli(algorithm, tiny_supernet_run, tiny_lut, tmp_p
     trajectory = config_files[0].with_name(f"{config_files[0].stem}-trajectory.csv")  # ALGO-LABEL: the search
     frame = pd.read_csv(trajectory)
     assert (frame["params"].min() <= float(budget[:-1]) * 1e6)
-    if algorithm in ("random", "nsga2"):
+    if algorithm in ("random", "nsga2", "tpe"):
         assert len(frame) == 12
     again = _search(tiny_supernet_run, tiny_lut, out, "--params", budget, "--algorithm", algorithm,
                     "--evaluations", "12", "--seed", "1")
@@ -266,3 +270,57 @@ def test_mes_units_off_coreml(table):
     objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
     assert objectives.mes.latency_unit_ms == pytest.approx(table.reference_latency_ms)
     assert objectives.mes == MesSpec(1.0, 0.5, latency_unit_ms=table.reference_latency_ms)
+
+
+def test_scores_are_shared_across_alphas_tables_and_criteria(tiny_supernet_run, tiny_lut, tmp_path):
+    """A stored score depends on the supernet and the evaluation protocol only: an alpha sweep, a search
+    with another device's table and one with another criterion evaluate exactly the configs no earlier
+    search of the storage evaluated."""
+    import numpy as np
+
+    from nas.pipeline import SearchJob
+
+    protocol = EvalProtocol(images=64, bn_batches=1, batch_size=64)
+    space = get_space("efficientformerv2-tiny@32")
+    budgets = [Budget("params", count_params(space.largest()) * 0.75)]
+    original = LatencyTable.load(tiny_lut)
+    other_device = tmp_path / "other-device.parquet"  # latencies that grow with width: other MES, other path
+    frame = original.frame.copy()
+    frame["latency_ms"] = frame["latency_ms"] * (1 + np.arange(len(frame)) % 7)
+    LatencyTable(frame, original.space, original.backend, original.threads).save(other_device)
+    out, storage = tmp_path / "sweep", store.default_storage(tmp_path / "sweep")
+    seen: set[str] = set()
+    runs = [(tiny_lut, 1.0, 0.5, "top1"), (tiny_lut, 0.5, 1.0, "top1"), (other_device, 1.0, 0.5, "top1"),
+            (tiny_lut, 1.0, 0.5, "loss")]
+    for lut, alpha_latency, alpha_size, criterion in runs:
+        job = SearchJob(tiny_supernet_run, lut, out, storage=storage, alpha_latency=alpha_latency,
+                        alpha_size=alpha_size, protocol=protocol, criterion=criterion)
+        result = job.run(budgets)
+        keys = set(store.stored_metrics(store.open_study(storage, result.study)))
+        assert result.measured == len(keys - seen)
+        seen |= keys
+    assert len(store._optuna().study.get_all_study_summaries(storage)) == len(runs)
+    # the same search on another slice of images is another protocol: evaluated anew
+    job = SearchJob(tiny_supernet_run, tiny_lut, out, storage=storage, protocol=protocol.replace(offset=64))
+    result = job.run(budgets)
+    assert result.measured == result.evaluations
+
+
+def test_bad_criterion_and_slices_fail_before_any_evaluation(tiny_supernet_run, tiny_lut, tmp_path):
+    out = tmp_path / "out"
+    assert "--criterion 'accuracy': expected one of top1, loss, kl" in _error(
+        _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--criterion", "accuracy", runner=nas_main))
+    assert "which has 256 images; expected a slice within it" in _error(
+        _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--eval-offset", "200", runner=nas_main))
+    assert "--recheck -1" in _error(
+        _search(tiny_supernet_run, tiny_lut, out, "--params", "1M", "--recheck", "-1", runner=nas_main))
+    assert not list(out.glob("*.yaml")) and not list(out.glob("*.csv"))
+
+
+def test_recheck_scores_the_best_moves_on_the_next_slice(tiny_supernet_run, tiny_lut, tmp_path):
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.9 / 1e6:.3f}M"
+    result = _search(tiny_supernet_run, tiny_lut, tmp_path / "r", "--params", budget, "--recheck", "3",
+                     "--criterion", "kl")
+    assert result.returncode == 0, result.stderr
+    trajectory = pd.read_csv(next((tmp_path / "r").glob("*-trajectory.csv")))
+    assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6 and (trajectory["kl"].iloc[1:] > 0).all()

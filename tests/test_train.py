@@ -21,7 +21,7 @@ from supernet.train import CHECKPOINT, load_checkpoint, load_supernet
 
 SMALL = {
     "space": "efficientformerv2-tiny@32", "max_train_images": 320, "val_split": 128, "epochs": 2,
-    "batch_size": 32, "checkpoint_every_steps": 4, "bn_batches": 1, "eval_images": 128, "warmup_epochs": 0.1,
+    "batch_size": 32, "checkpoint_every_steps": 4, "eval_images": 128, "warmup_epochs": 0.1,
     "threads": 1,
 }
 

@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def parser(description: str, seeds: Optional[int] = None) -> argparse.ArgumentParser:
     """The scripts' shared options; ``seeds``: the default of a ``--seeds`` option (none if None)."""
+    from nas.quickstart import QuickstartSettings
+
+    defaults = QuickstartSettings()
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quickstart", type=Path, default=ROOT / "runs" / "quickstart",
                    help="nas quickstart's folder: its supernet and latency table are reused (trained and built "
@@ -54,8 +57,11 @@ def parser(description: str, seeds: Optional[int] = None) -> argparse.ArgumentPa
     p.add_argument("--train-images", type=int, default=None,
                    help="training images of each from-scratch run (default: all of them, i.e. the recipe's epochs "
                         "on the supernet's data)")
-    p.add_argument("--eval-images", type=int, default=500, help="the searches' evaluation (the quickstart's)")
-    p.add_argument("--bn-batches", type=int, default=2, help="the searches' evaluation (the quickstart's)")
+    p.add_argument("--eval-images", type=int, default=defaults.eval_images, help="the searches' evaluation (the "
+                   "quickstart's)")
+    p.add_argument("--bn-batches", type=int, default=defaults.bn_batches, help="the searches' evaluation (the "
+                   "quickstart's)")
+    p.add_argument("--criterion", default=defaults.criterion, help="the searches' criterion (the quickstart's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the from-scratch runs and of random configs")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: Debian's)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -125,7 +131,8 @@ class Reproduction:
         if not hasattr(self, "_quickstart"):
             settings = QuickstartSettings(out=self.args.quickstart, recipe=self.args.recipe,
                                           data_dir=self.args.data_dir, eval_images=self.args.eval_images,
-                                          bn_batches=self.args.bn_batches, progress=not self.args.quiet)
+                                          bn_batches=self.args.bn_batches, criterion=self.args.criterion,
+                                          progress=not self.args.quiet)
             quickstart = Quickstart(settings, echo=self.echo)
             quickstart.train_supernet()  # both reuse what a finished quickstart left
             quickstart.build_lut()
@@ -147,13 +154,16 @@ class Reproduction:
 
         key = (alpha_latency, alpha_size)
         if key not in self._jobs:
+            from nas.pipeline import SEARCH_PROTOCOL
+
             quickstart = self.quickstart()
             settings = quickstart.settings
+            protocol = SEARCH_PROTOCOL.replace(images=settings.eval_images, bn_batches=settings.bn_batches)
             # the quickstart's results store: its searches (the family search) are reused, not rerun
             self._jobs[key] = SearchJob(self.supernet_dir, self.lut, self.work / "search",
                                         storage=default_storage(quickstart.search_dir), alpha_latency=alpha_latency,
-                                        alpha_size=alpha_size, eval_images=settings.eval_images,
-                                        bn_batches=settings.bn_batches, data_dir=self.args.data_dir)
+                                        alpha_size=alpha_size, protocol=protocol, criterion=settings.criterion,
+                                        data_dir=self.args.data_dir)
         return self._jobs[key]
 
     def search(self, budgets, algorithm: str = "fine-grained", alpha_latency: float = 1.0, alpha_size: float = 0.5,
@@ -176,14 +186,13 @@ class Reproduction:
 
     def supernet_top1(self, config: SubnetConfig) -> float:
         """Top-1 (%) on the whole held-out val split from the supernet, BatchNorm recalibrated
-        (the recipe's ``bn_batches``): a finer evaluation than the search's."""
+        (``nas eval-subnet``'s evaluation): a finer evaluation than the search's."""
         from nas.objectives import SupernetAccuracy
+        from supernet.evaluate import EvalProtocol
 
         if self._supernet_accuracy is None:
-            self._supernet_accuracy = SupernetAccuracy(
-                self.supernet_dir, eval_images=self.recipe.val_split, bn_batches=self.recipe.bn_batches,
-                data_dir=self.args.data_dir)
-        return self._supernet_accuracy(config)
+            self._supernet_accuracy = SupernetAccuracy(self.supernet_dir, EvalProtocol(), data_dir=self.args.data_dir)
+        return self._supernet_accuracy(config).top1
 
     # -- from-scratch training ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import statistics
 import pandas as pd
 
 from _common import Reproduction, config_text, family_and_random, parser, positive, rank_correlations, run
+from supernet.evaluate import EvalProtocol
 
 PAPER = ("supernet-inherited and from-scratch accuracy correlate with r² = 0.91 (EagleEye: 0.63); every "
          "subnet's inherited accuracy is above 40%")
@@ -70,7 +71,8 @@ def main() -> None:
     table = frame[["config", "params_m", "latency_ms", "supernet_val_top1", "scratch_val_top1",
                    "scratch_test_top1", "blocks"]]
     notes = [f"Supernet accuracy: every one of the {rep.recipe.val_split} held-out val images, BatchNorm "
-             f"recalibrated on {rep.recipe.bn_batches} batches of training images (`nas eval-subnet`'s evaluation).",
+             f"recalibrated on {EvalProtocol().bn_batches} batches of {EvalProtocol().batch_size} training images "
+             f"(`nas eval-subnet`'s evaluation).",
              "Configs: the space's smallest and largest, the fine-grained family search's four (`params-*`), "
              f"{args.random} random configs spread evenly over the family's predicted latency range "
              f"(seed {args.seed}).",
