@@ -27,6 +27,7 @@ evaluates nothing again.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import sys
 from pathlib import Path
@@ -77,15 +78,18 @@ class Judge:
                 self.cache[(row.judge, row.key)] = row.top1
 
     def __call__(self, name: str, key: str) -> float:
+        name = f"{name} {self.protocols[name].describe()}"  # cached per judge protocol
         if (name, key) not in self.cache:
             if name not in self.scorers:
-                self.scorers[name] = SubnetScorer.from_protocol(self.supernet, self.recipe, self.protocols[name])
+                protocol = self.protocols[name.split()[0]]
+                self.scorers[name] = SubnetScorer.from_protocol(self.supernet, self.recipe, protocol)
             config = SubnetConfig.from_key(self.supernet.space.name, key)
             self.cache[(name, key)] = self.scorers[name](config).top1
-            with open(self.cache_path, "a") as f:
+            with open(self.cache_path, "a", newline="") as f:
+                writer = csv.writer(f)
                 if f.tell() == 0:
-                    f.write("judge,key,top1\n")
-                f.write(f"{name},{key},{self.cache[(name, key)]!r}\n")
+                    writer.writerow(["judge", "key", "top1"])
+                writer.writerow([name, key, repr(self.cache[(name, key)])])
         return self.cache[(name, key)]
 
 
@@ -123,7 +127,11 @@ def main() -> None:
         searches_seen = [p.replace(images=2 * p.images) for p in searches]
     else:
         searches_seen = searches
-    judge_offset = args.judge_offset if args.judge_offset is not None else max(p.stop for p in searches_seen)
+    # the judge starts after the slices of at least 3 seeds, so a run with fewer seeds (a first look) is judged on
+    # the same images as the full run, and its cached scores stay valid
+    first_three = 3 * args.search_images + (args.search_images if args.recheck else 0)
+    judge_offset = args.judge_offset if args.judge_offset is not None else max(
+        first_three, max(p.stop for p in searches_seen))
     judges = {"val": EvalProtocol(offset=judge_offset, bn_batches=args.bn_batches),
               "test": EvalProtocol(split="test", bn_batches=args.bn_batches)}
     for search in searches_seen:

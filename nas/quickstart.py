@@ -3,7 +3,7 @@
 Stages, each reusing what an earlier run finished (a killed run resumes where it stopped):
 
 1. **supernet**: ``nas train-supernet --recipe fashion-mnist-tiny`` (resumed from its checkpoint);
-2. **latency table**: ``nas build-lut`` on ``torch-cpu`` (missing blocks only), then
+2. **latency table**: ``nas build-lut`` on ``onnxruntime`` (missing blocks only), then
    ``nas lut validate`` once (the calibration is stored in the table);
 3. **family search**: ``nas search --family`` (fine-grained, one trajectory);
 4. **baselines**: ``nas search --family --algorithm random`` and ``nsga2`` with as many
@@ -35,7 +35,10 @@ from nas.mes import check_alpha
 from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
 from nas.search import Budget, SearchResult
 
-BACKEND = "torch-cpu"
+# ONNX Runtime, the deployment runtime: its block latencies depend on width (1.6-2.0x across a stage's widths)
+# and FFN expansion (1.7-2.7x), where torch-cpu's are mostly per-op overhead (1.1-1.3x), so the alphas of MES
+# change what the search picks (benchmarks/latency_sensitivity.py, RESULTS-search.md)
+BACKEND = "onnxruntime"
 BASELINES = ("random", "nsga2")
 EXPORT_FORMATS = ("onnx", "coreml")
 

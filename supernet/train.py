@@ -285,7 +285,8 @@ class SupernetTask(TrainingTask):
         """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""
         if self.recipe.val_split == 0:
             return {}
-        protocol = EvalProtocol(images=self.recipe.eval_images)
+        cap = self.recipe.eval_images
+        protocol = EvalProtocol(images=min(cap, self.recipe.val_split) if cap else None)  # a cap, not a slice
         scorer = SubnetScorer.from_protocol(module, self.recipe, protocol, data_dir=splits.data_dir)
         return {f"val_top1_{name}": round(scorer(config).top1, 3)
                 for name, config in (("largest", self.space.largest()), ("smallest", self.space.smallest()))}

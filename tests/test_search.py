@@ -288,20 +288,21 @@ def test_scores_are_shared_across_alphas_tables_and_criteria(tiny_supernet_run, 
     frame = original.frame.copy()
     frame["latency_ms"] = frame["latency_ms"] * (1 + np.arange(len(frame)) % 7)
     LatencyTable(frame, original.space, original.backend, original.threads).save(other_device)
-    out, storage = tmp_path / "sweep", store.default_storage(tmp_path / "sweep")
+    out = tmp_path / "sweep"
+    storage = store.default_storage(out)  # every job of the folder: its default storage
     seen: set[str] = set()
     runs = [(tiny_lut, 1.0, 0.5, "top1"), (tiny_lut, 0.5, 1.0, "top1"), (other_device, 1.0, 0.5, "top1"),
             (tiny_lut, 1.0, 0.5, "loss")]
     for lut, alpha_latency, alpha_size, criterion in runs:
-        job = SearchJob(tiny_supernet_run, lut, out, storage=storage, alpha_latency=alpha_latency,
-                        alpha_size=alpha_size, protocol=protocol, criterion=criterion)
+        job = SearchJob(tiny_supernet_run, lut, out, alpha_latency=alpha_latency, alpha_size=alpha_size,
+                        protocol=protocol, criterion=criterion)
         result = job.run(budgets)
         keys = set(store.stored_metrics(store.open_study(storage, result.study)))
         assert result.measured == len(keys - seen)
         seen |= keys
     assert len(store._optuna().study.get_all_study_summaries(storage)) == len(runs)
     # the same search on another slice of images is another protocol: evaluated anew
-    job = SearchJob(tiny_supernet_run, tiny_lut, out, storage=storage, protocol=protocol.replace(offset=64))
+    job = SearchJob(tiny_supernet_run, tiny_lut, out, protocol=protocol.replace(offset=64))
     result = job.run(budgets)
     assert result.measured == result.evaluations
 

@@ -300,7 +300,9 @@ class Reproduction:
         lines += ["", _markdown_table(table if table is not None else frame), "", f"![{title}]({png.name})", ""]
         lines += ["## How it was measured", ""]
         lines += [f"- {line}" for line in notes]
-        lines += [f"- Supernet and latency table: `nas quickstart`'s (`{self.args.recipe}` recipe, `torch-cpu` "
+        from nas.quickstart import BACKEND
+
+        lines += [f"- Supernet and latency table: `nas quickstart`'s (`{self.args.recipe}` recipe, `{BACKEND}` "
                   f"table, 1 thread, calibrated).",
                   f"- From scratch: {self.protocol()}; seed {self.args.seed} unless a row says otherwise.",
                   f"- Command: `{command}`",

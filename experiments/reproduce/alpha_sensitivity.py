@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from _common import Reproduction, config_text, parser, run
+from nas.quickstart import BACKEND
 
 PAPER = ("at 3.5M params: (alpha_latency, alpha_size) = (1.0, 1.0): 1.1 ms, 77.0%; (0.5, 1.0): 1.3 ms, 77.3%; "
          "(1.0, 0.5): 0.9 ms, 75.7%: a larger alpha_size relative to alpha_latency gives slower, more accurate "
@@ -84,7 +85,7 @@ def _figure(frame: pd.DataFrame, budget: str):
         ax.scatter(row["latency_ms"], row["scratch_test_top1"], s=80, label=label)
         ax.annotate(f"{row['params_m']:.3f}M", (row["latency_ms"], row["scratch_test_top1"]),
                     textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("predicted latency (ms, torch-cpu table)")
+    ax.set_xlabel(f"predicted latency (ms, {BACKEND} table)")
     ax.set_ylabel("from-scratch test top-1 (%, mean over seeds)")
     ax.set_title(f"(alpha_latency, alpha_size) at {budget}")
     ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from _common import Reproduction, config_text, parser, run
+from nas.quickstart import BACKEND
 
 PAPER = ("at 7.0M params the joint search reaches 79.4% top-1, V1-scale 79.2% and V1-scale + magnitude pruning "
          "79.2% (no gain from pruning)")
@@ -78,7 +79,7 @@ def _figure(frame: pd.DataFrame, budget: str):
                               (axes[1], "supernet_val_top1", "supernet val top-1 (%)")):
         for _, row in frame.iterrows():
             ax.scatter(row["latency_ms"], row[column], s=80, color=colour(row["algorithm"]), label=row["algorithm"])
-        ax.set_xlabel("predicted latency (ms, torch-cpu table)")
+        ax.set_xlabel(f"predicted latency (ms, {BACKEND} table)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()

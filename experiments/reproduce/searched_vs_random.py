@@ -13,6 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from _common import Reproduction, config_text, family_and_random, parser, positive, run
+from nas.quickstart import BACKEND
 
 PAPER = "the searched models beat random subnetworks of the same budgets at every latency"
 
@@ -49,7 +50,7 @@ def main() -> None:
     frame.loc[searched.index, "margin_over_best_no_slower_random"] = margins
     finding = [
         f"{len(searched)} searched and {len(random_)} random configs between {frame['latency_ms'].min():.3f} and "
-        f"{frame['latency_ms'].max():.3f} ms (predicted, torch-cpu), trained from scratch.",
+        f"{frame['latency_ms'].max():.3f} ms (predicted, {BACKEND}), trained from scratch.",
         (f"**Every searched config beats every random config that is no slower** (within "
          f"{args.latency_slack:.0%}; margins over the best such random config: "
          f"{', '.join(f'{m:+.2f}' if m == m else 'none that fast' for m in margins)} points)." if not beaten else
@@ -85,7 +86,7 @@ def _figure(frame: pd.DataFrame):
                                                                                               markersize=12))):
             part = frame[frame["kind"] == kind]
             ax.plot(part["latency_ms"], part[column], label=kind, **style)
-        ax.set_xlabel("predicted latency (ms, torch-cpu table)")
+        ax.set_xlabel(f"predicted latency (ms, {BACKEND} table)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
