@@ -23,7 +23,7 @@ def child(supernet: str, configs: int, keep: bool) -> None:
         import latency_lut.profiling as profiling
 
         profiling.keep_freed_memory = lambda: False
-    accuracy = objectives.SupernetAccuracy(supernet, eval_images=500, bn_batches=2)
+    accuracy = objectives.SupernetAccuracy(supernet, objectives.SEARCH_PROTOCOL)
     rng = random.Random(0)
     sample = [accuracy.space.sample(rng) for _ in range(configs + 1)]
     accuracy(sample[0])  # warm-up

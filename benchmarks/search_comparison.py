@@ -168,7 +168,7 @@ def main() -> None:
                     continue
                 m = result.selected[budget.label][1]
                 picked[(algorithm, budget.label)] = m
-                rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm, "compare": "selected",
+                rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm, "pick": "selected",
                              "search_top1": m.accuracy, "mes": m.mes, "key": m.key})
                 reference = picked.get(("fine-grained", budget.label))
                 if algorithm != "fine-grained" and reference is not None:
@@ -176,16 +176,18 @@ def main() -> None:
                     if eligible:
                         e = max(eligible, key=lambda e: (e.score(args.criterion), e.mes, e.key))
                         rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm,
-                                     "compare": "matched MES", "search_top1": e.accuracy, "mes": e.mes, "key": e.key})
+                                     "pick": "matched MES", "search_top1": e.accuracy, "mes": e.mes, "key": e.key})
         del job
     frame = pd.DataFrame(rows)
     frame["judge_val"] = [judge("val", k) for k in frame["key"]]
     frame["judge_test"] = [judge("test", k) for k in frame["key"]]
     front_frame = pd.DataFrame(fronts)
     front_frame["judge_val"] = [judge("val", k) for k in front_frame["key"]]
-    frame.to_csv(out / "selected.csv", index=False)
-    front_frame.to_csv(out / "fronts.csv", index=False)
+    suffix = f"{args.criterion}{f'-recheck{args.recheck}' if args.recheck else ''}-{'-'.join(algorithms)}"
+    frame.to_csv(out / f"selected-{suffix}.csv", index=False)
+    front_frame.to_csv(out / f"fronts-{suffix}.csv", index=False)
     _report(args, frame, front_frame, pd.DataFrame(info), judges, searches, table)
+    combined_report(out)
 
 
 def _report(args, frame, fronts, info, judges, searches, table) -> None:
@@ -200,13 +202,13 @@ def _report(args, frame, fronts, info, judges, searches, table) -> None:
     for budget in dict.fromkeys(frame["budget"]):
         for algorithm in algorithms:
             compare = "selected" if algorithm == "fine-grained" else "matched MES"
-            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame.compare == compare)]
+            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame["pick"] == compare)]
             print(f"{budget:15s} {algorithm:13s} {mean_std(list(sel.search_top1))} {mean_std(list(sel.judge_val))} "
                   f"{mean_std(list(sel.judge_test))} {sel.mes.mean():9.1f}   (n={len(sel)})")
     print("\nas selected by each algorithm alone (no MES matching)")
     for budget in dict.fromkeys(frame["budget"]):
         for algorithm in algorithms:
-            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame.compare == "selected")]
+            sel = frame[(frame.budget == budget) & (frame.algorithm == algorithm) & (frame["pick"] == "selected")]
             print(f"{budget:15s} {algorithm:13s} {mean_std(list(sel.search_top1))} {mean_std(list(sel.judge_val))} "
                   f"{mean_std(list(sel.judge_test))} {sel.mes.mean():9.1f}")
     reference = (float(fronts.judge_val.min()) - 1e-6, float(fronts.mes.min()) - 1e-6)
@@ -220,6 +222,42 @@ def _report(args, frame, fronts, info, judges, searches, table) -> None:
         runs = info[info.algorithm == algorithm]
         print(f"  {algorithm:13s} {statistics.mean(volumes):10.1f} ± {statistics.stdev(volumes) if len(volumes) > 1 else 0:8.1f}"
               f"   evaluations {runs.evaluations.mean():6.0f}   wall time {runs.seconds.mean():6.1f} s a search")
+
+
+def combined_report(out: Path) -> None:
+    """Every run of the folder side by side (``selected-*.csv``, ``fronts-*.csv``: one per criterion and set of
+    algorithms), with one hypervolume reference point for all of them, so variants can be compared."""
+    runs = {}
+    for path in sorted(out.glob("selected-*.csv")):
+        suffix = path.stem[len("selected-"):]
+        fronts = out / f"fronts-{suffix}.csv"
+        if fronts.exists():
+            runs[suffix] = (pd.read_csv(path), pd.read_csv(fronts))
+    if len(runs) < 2:
+        return
+    variants = {}  # (criterion variant, algorithm) -> (selected rows, front rows); the latest run of each wins
+    for suffix, (selected, fronts) in runs.items():
+        criterion = suffix.split("-")[0] + ("-recheck" if "-recheck" in suffix else "")
+        for algorithm in dict.fromkeys(selected["algorithm"]):
+            variants[(criterion, algorithm)] = (selected[selected.algorithm == algorithm],
+                                                fronts[fronts.algorithm == algorithm])
+    all_fronts = pd.concat([f for _, f in variants.values()])
+    reference = (float(all_fronts.judge_val.min()) - 1e-6, float(all_fronts.mes.min()) - 1e-6)
+    print(f"\nevery run in {out}: judged top-1 (held-out / test) of the selected config and its MES, mean over "
+          f"seeds; hypervolume with one reference ({reference[0]:.2f}% / MES {reference[1]:.1f})")
+    budgets = list(dict.fromkeys(pd.concat([s for s, _ in variants.values()]).budget))
+    print(f"{'criterion':14s} {'algorithm':13s} " + " ".join(f"{b:>26s}" for b in budgets) + f" {'hypervolume':>18s}")
+    for (criterion, algorithm), (selected, fronts) in variants.items():
+        cells = []
+        for budget in budgets:
+            pick = "selected" if algorithm == "fine-grained" else "matched MES"
+            sel = selected[(selected.budget == budget) & (selected["pick"] == pick)]
+            cells.append(f"{sel.judge_val.mean():6.2f} / {sel.judge_test.mean():6.2f} @{sel.mes.mean():7.1f}"
+                         if len(sel) else f"{'-':>26s}")
+        volumes = [hypervolume(list(zip(f.judge_val, f.mes)), reference) for _, f in fronts.groupby("seed")]
+        spread = statistics.stdev(volumes) if len(volumes) > 1 else float("nan")
+        print(f"{criterion:14s} {algorithm:13s} " + " ".join(cells) +
+              f" {statistics.mean(volumes):9.1f} ± {spread:6.1f}")
 
 
 if __name__ == "__main__":

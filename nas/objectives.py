@@ -59,10 +59,13 @@ class Metrics:
         return self.scores.value(criterion)
 
 
+SEARCH_PROTOCOL = EvalProtocol(images=500)  # the search's default slice: held-out images 0-500
+
+
 class SupernetAccuracy:
     """Scores of configs from a trained supernet under one :class:`EvalProtocol` (cached by key)."""
 
-    def __init__(self, supernet_run: Path, protocol: EvalProtocol = EvalProtocol(images=500),
+    def __init__(self, supernet_run: Path, protocol: EvalProtocol = SEARCH_PROTOCOL,
                  data_dir: Optional[str] = None, loaded: Optional[tuple] = None) -> None:
         """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
         from latency_lut.profiling import keep_freed_memory
