@@ -113,7 +113,6 @@ def main() -> None:
     parser.add_argument("--criterion", default=DEFAULT_CRITERION)
     parser.add_argument("--recheck", type=int, default=0, help="fine-grained: re-score the K best moves (0: off)")
     parser.add_argument("--algorithms", default="fine-grained," + ",".join(PEERS))
-    parser.add_argument("--label", default="", help="suffix of the fine-grained study (variants in one folder)")
     args = parser.parse_args()
     check_criterion(args.criterion)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]

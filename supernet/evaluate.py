@@ -231,11 +231,10 @@ class PerImage:
     loss: torch.Tensor
     kl: torch.Tensor
 
-    def scores(self, index=None) -> Scores:
-        """The scores of all images, or of those selected by ``index`` (a slice or an index tensor)."""
-        correct, loss, kl = ((t if index is None else t[index]) for t in (self.correct, self.loss, self.kl))
-        n = correct.numel()
-        return Scores(100.0 * correct.float().mean().item(), loss.double().mean().item(), kl.double().mean().item(), n)
+    def scores(self) -> Scores:
+        """The means over the images."""
+        return Scores(100.0 * self.correct.float().mean().item(), self.loss.double().mean().item(),
+                      self.kl.double().mean().item(), self.correct.numel())
 
 
 def check_criterion(criterion: str) -> str:
@@ -267,7 +266,6 @@ class SubnetScorer:
         self.labels = torch.cat([labels for _, labels in eval_batches]) if eval_batches else torch.empty(0)
         self._reference: Optional[list[torch.Tensor]] = None  # the largest subnet's log-probabilities
         self._prepared: Optional[tuple[SubnetConfig, list]] = None  # a config and its prefix activations
-        self.evaluations = 0
 
     @classmethod
     def from_protocol(cls, supernet: Supernet, recipe, protocol: EvalProtocol,
@@ -286,7 +284,8 @@ class SubnetScorer:
     def per_image(self, config: SubnetConfig, reference: Optional[list[torch.Tensor]] = None) -> PerImage:
         """Per-image results; the KL is from ``reference`` log-probabilities (default: the largest subnet's)."""
         log_probs = self.log_probs(config)
-        self.evaluations += 1
+        if self._reference is None and config == self.space.largest():
+            self._reference = log_probs  # the largest is its own reference: not evaluated twice
         return self.compare(log_probs, reference)
 
     @torch.no_grad()
@@ -355,9 +354,3 @@ class SubnetScorer:
 
     def _eval_images(self):
         return (images.to(self.device) for images, _ in self.eval_batches)
-
-
-def evaluate_subnet(supernet: Supernet, config: SubnetConfig, calib_loader: Iterable, eval_loader: Iterable,
-                    bn_batches: int) -> Evaluation:
-    """Recalibrate ``config``'s BatchNorm on ``bn_batches`` batches, then evaluate it."""
-    return evaluate(recalibrate_bn(supernet, config, calib_loader, bn_batches), eval_loader)
