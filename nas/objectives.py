@@ -73,7 +73,8 @@ class SupernetAccuracy:
 
         flush_denormals()
         # every config has other activation shapes: with glibc's default, each evaluation pays fresh
-        # page faults for them (benchmarks/evaluation_memory.py: 0.371 -> 0.301 s an evaluation, tiny space)
+        # page faults for them (benchmarks/evaluation_memory.py: 0.371 -> 0.301 s an evaluation, tiny space,
+        # measured before issue 12's scorer)
         keep_freed_memory()
         self.supernet, recipe = loaded or load_supernet(Path(supernet_run))
         self.protocol = protocol
