@@ -40,7 +40,8 @@ from nas import store
 from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL, SearchJob
 from nas.search import ALGORITHMS, check_criterion
 from search_spaces import InvalidInputError, SubnetConfig
-from supernet.evaluate import EvalProtocol, SubnetScorer
+from supernet.evaluate import SubnetScorer
+from supernet.protocol import EvalProtocol
 
 PEERS = ("random", "nsga2", "tpe")
 

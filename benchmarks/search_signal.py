@@ -40,7 +40,8 @@ from nas.objectives import Objectives
 from nas.pipeline import SEARCH_PROTOCOL, SearchJob
 from nas.search import _rank
 from search_spaces import SubnetConfig
-from supernet.evaluate import EvalProtocol, SubnetScorer, flush_denormals
+from supernet.evaluate import SubnetScorer, flush_denormals
+from supernet.protocol import EvalProtocol
 from supernet.train import load_supernet
 
 CRITERIA = ("top1", "loss", "kl", "kl-state")

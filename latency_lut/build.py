@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from search_spaces import InvalidInputError, Part, SearchSpace, get_space
+from search_spaces.io import check_output
 
 from latency_lut.blocks import build_part_module, part_input_shape, space_parts
 from latency_lut.profiling import Backend, Protocol, Timing, reference_model
@@ -33,7 +34,7 @@ def build_table(space: Union[str, SearchSpace], backend: Backend, out: Union[str
     if chunk_size < 1:
         raise InvalidInputError(f"chunk_size = {chunk_size!r}; expected a positive number of blocks")
     space = get_space(space)
-    out = Path(out)
+    out = check_output(out, "--out", folder=False)
     table = _resume(out, space, backend)
     todo = missing_parts(table, space)
     # a slow stretch of a shared machine then lands on random blocks, not on one stage or kind,
@@ -82,7 +83,7 @@ def _resume(out: Path, space: SearchSpace, backend: Backend) -> LatencyTable:
     if ours != theirs:
         raise InvalidInputError(f"{str(out)!r} holds a table of space {table.space!r} on {table.backend!r} with "
                                 f"{table.threads} thread(s); expected space {space.name!r} on {backend.name!r} "
-                                f"with {backend.threads} to resume it (choose another --out for a new table)")
+                                f"with {backend.threads} thread(s) to resume it (choose another --out for a new table)")
     # a new block changes what the calibration was fitted on: drop it until validated again
     return table.with_calibration(None) if missing_parts(table, space) else table
 

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from search_spaces import InvalidInputError, Part, SearchSpace, SubnetConfig, get_space
-from search_spaces.io import atomic_path
+from search_spaces.io import atomic_path, check_output
 
 from latency_lut.blocks import build_part_module, part_input_shape, space_parts
-from latency_lut.coreml_measure import MANIFEST_COLUMNS, RESULT_COLUMNS, UNIT, package_sha256, read_manifest
+from latency_lut.coreml_measure import (MANIFEST_COLUMNS, RESULT_COLUMNS, UNIT, package_path, package_sha256,
+                                        read_manifest)
 from latency_lut.profiling import reference_model
 from latency_lut.table import REFERENCE_KIND, LatencyTable, is_finite_positive, part_row, reference_key, reference_row
 from latency_lut.validation import fit_calibration, stratified_configs
@@ -59,7 +60,7 @@ def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], par
     if isinstance(networks, bool) or not isinstance(networks, int) or networks < 0:
         raise InvalidInputError(f"networks = {networks!r}; expected a number of whole networks, 0 or more")
     space = get_space(space)
-    out_dir = Path(out_dir)
+    out_dir = check_output(out_dir, "--out", folder=True)
     manifest = out_dir / "manifest.csv"
     done = _existing_entries(manifest, out_dir, space.name)
     image = (1, 3, space.resolution, space.resolution)
@@ -146,8 +147,16 @@ def _existing_entries(manifest: Path, out_dir: Path, space: str) -> dict[str, di
     if rows and spaces != {space}:
         raise InvalidInputError(f"{str(manifest)!r} holds an export of space(s) {sorted(map(str, spaces))}; "
                                 f"expected {space!r} (choose another --out)")
-    return {row["key"]: row for row in rows
-            if (out_dir / row["file"]).exists() and package_sha256(out_dir / row["file"]) == row["sha256"]}
+    kept = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            package = package_path(out_dir, str(row.get("file")))
+            if package.exists() and package_sha256(package) == row["sha256"]:
+                kept[row["key"]] = row
+        except ValueError as error:
+            raise InvalidInputError(f"{str(manifest)!r}, line {line}: {error} (choose another --out, or remove the "
+                                    f"manifest to export again)") from None
+    return kept
 
 
 def _write_manifest(manifest: Path, rows) -> None:
@@ -172,6 +181,7 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
     contain must be measured too).
     """
     manifest, measurements = Path(manifest), Path(measurements)
+    check_output(out, "--out", folder=False)
     entries = _read_manifest_checked(manifest)
     space = get_space(_manifest_space(manifest))
     results = _read_results(measurements)

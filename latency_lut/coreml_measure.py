@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Optional, Sequence
 
 MANIFEST_COLUMNS = ("space", "key", "kind", "file", "input_name", "input_shape", "output_shape", "sha256")
@@ -63,6 +63,33 @@ def parse_shape(text: str) -> tuple:
     return shape
 
 
+PACKAGE_SUFFIX = ".mlpackage"
+#: files a Mac adds to copied folders (Finder's .DS_Store, AppleDouble ._* files): not part of a package
+MAC_METADATA = (".DS_Store",)
+MAC_METADATA_PREFIX = "._"
+
+
+def package_file(text: str) -> str:
+    """A manifest's ``file`` column, checked: a relative path inside the export folder naming an ``.mlpackage``
+    (``blocks/KEY.mlpackage``); raises ValueError otherwise, so no manifest can point elsewhere."""
+    path = PurePosixPath(text)
+    if (not text or "\\" in text or path.is_absolute() or ".." in path.parts or path.suffix != PACKAGE_SUFFIX
+            or path.name == PACKAGE_SUFFIX or str(path) != text):
+        raise ValueError(f"package file {text!r}: expected a relative path inside the export folder ending in "
+                         f"{PACKAGE_SUFFIX}, e.g. blocks/KEY{PACKAGE_SUFFIX}")
+    return text
+
+
+def package_path(root: Path, file: str) -> Path:
+    """The package ``file`` (a manifest's, see :func:`package_file`) of the export folder ``root``; raises
+    ValueError if a link takes it outside ``root``."""
+    path = Path(root) / package_file(file)
+    resolved, inside = path.resolve(), Path(root).resolve()
+    if resolved != inside and inside not in resolved.parents:
+        raise ValueError(f"package file {file!r} leads outside the export folder {str(root)!r} (through a link)")
+    return path
+
+
 def read_manifest(path: Path) -> list:
     """The entries of ``manifest.csv`` (written by ``nas lut export-coreml``)."""
     with open(path, newline="") as handle:
@@ -70,17 +97,28 @@ def read_manifest(path: Path) -> list:
         missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(MANIFEST_COLUMNS)}")
-        return [ManifestEntry(row["key"], row["kind"], row["file"], row["input_name"],
+        return [ManifestEntry(row["key"], row["kind"], package_file(row["file"]), row["input_name"],
                               parse_shape(row["input_shape"]), row["sha256"]) for row in reader]
 
 
 def package_sha256(path: Path) -> str:
-    """SHA-256 of an ``.mlpackage`` folder (every file's relative path and bytes, in sorted order)."""
-    digest = hashlib.sha256()
+    """SHA-256 of an ``.mlpackage`` folder: every file's relative path and bytes, in sorted order, leaving out
+    the metadata files a Mac adds when the folder is copied. Anything else (a plain file, a folder of
+    another kind, a package holding links) raises ValueError."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
+    if path.is_symlink() or not path.is_dir() or path.suffix != PACKAGE_SUFFIX:
+        raise ValueError(f"{str(path)!r} is not a {PACKAGE_SUFFIX} folder")
+    files = []
+    for folder, subfolders, names in os.walk(path):
+        for name in subfolders + names:
+            if os.path.islink(os.path.join(folder, name)):
+                raise ValueError(f"{str(path)!r} holds a link ({os.path.join(folder, name)!r}); expected a "
+                                 f"package as exported")
+        files += [Path(folder) / name for name in names
+                  if name not in MAC_METADATA and not name.startswith(MAC_METADATA_PREFIX)]
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(file.relative_to(path).as_posix().encode())
         digest.update(b"\0")
         digest.update(file.read_bytes())
     return digest.hexdigest()
@@ -175,7 +213,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if sys.platform != "darwin":
         parser.error("Core ML runs on macOS only; copy the export folder and this script to a Mac")
-    entries = read_manifest(args.manifest)
+    try:
+        entries = read_manifest(args.manifest)
+    except (OSError, ValueError) as error:
+        parser.error(f"manifest {args.manifest}: {error}")
     if args.out.exists() and not args.resume:
         parser.error(f"{args.out} exists; pass --resume to continue it or choose another --out")
     done = measured_keys(args.out)
@@ -184,8 +225,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for number, entry in enumerate(entries, start=1):
         if entry.key in done:
             continue
-        package = root / entry.file
-        sha256 = package_sha256(package)
+        try:
+            package = package_path(root, entry.file)
+            sha256 = package_sha256(package)
+        except (OSError, ValueError) as error:
+            parser.error(f"{entry.key}: {error}")
         samples = time_calls(load_predictor(package, entry, args.compute_units), args.warmup, args.runs)
         append_results([result_row(entry, sha256, samples, args.warmup, args.compute_units, env)], args.out)
         print(f"[{number}/{len(entries)}] {entry.key}: {percentile(samples, 50):.3f} ms", flush=True)

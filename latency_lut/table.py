@@ -241,9 +241,33 @@ class LatencyTable:
         if missing:
             raise InvalidInputError(f"latency table {str(path)!r} lacks column(s) {', '.join(missing)}; "
                                     f"expected {', '.join(COLUMNS)}")
-        calibration = metadata.get("calibration")
-        return cls(_typed(frame[list(COLUMNS)]), metadata["space"], metadata["backend"],
-                   int(metadata.get("threads") or 0), Calibration(**calibration) if calibration else None, path)
+        where = f"latency table {str(path)!r}"
+        space, backend, threads = metadata.get("space"), metadata.get("backend"), metadata.get("threads") or 0
+        if not isinstance(space, str) or not isinstance(backend, str):
+            raise InvalidInputError(f"{where}: metadata names space {space!r} and backend {backend!r}; expected "
+                                    "both as text (a file written by nas build-lut or nas lut import)")
+        get_space(space)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidInputError(f"{where}: metadata threads {threads!r}; expected 0 or a positive integer")
+        frame = frame[list(COLUMNS)]
+        for column in _FLOAT_COLUMNS + ("runs",):  # name the first bad block, not a pandas error
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad = ~(values.apply(lambda v: math.isfinite(v) and v > 0))
+            if bad.any():
+                row = frame[bad].iloc[0]
+                expected = "a positive number of runs" if column == "runs" else "a positive number of milliseconds"
+                value = row[column]
+                shown = repr(value) if isinstance(value, str) else str(value)
+                raise InvalidInputError(f"{where}: block {row['key']!r} has {column} {shown}; expected {expected}")
+        twice = frame["key"][frame["key"].duplicated()]
+        if not twice.empty:
+            raise InvalidInputError(f"{where}: block {twice.iloc[0]!r} appears twice; expected one row per block")
+        try:
+            typed = _typed(frame)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"{where}: a column has values of the wrong type ({error}); expected a file "
+                                    "written by nas build-lut or nas lut import") from None
+        return cls(typed, space, backend, threads, _calibration(metadata.get("calibration"), where), path)
 
     # -- description -------------------------------------------------------------------------
 
@@ -252,6 +276,22 @@ class LatencyTable:
         grouped = self.frame.groupby("kind", sort=False)["latency_ms"]
         return pd.DataFrame({"blocks": grouped.size(), "median_ms": grouped.median(),
                              "min_ms": grouped.min(), "max_ms": grouped.max()}).reset_index()
+
+
+def _calibration(data: Any, where: str) -> Optional[Calibration]:
+    """The calibration of a table's metadata, checked: a, b, networks (and when it was fitted)."""
+    if data is None:
+        return None
+    fields = ("a", "b", "networks", "fitted_at")
+    if not isinstance(data, dict) or not set(fields[:3]) <= set(data) or not set(data) <= set(fields):
+        raise InvalidInputError(f"{where}: calibration {data!r}; expected a mapping of {', '.join(fields)} "
+                                "(written by nas lut validate)")
+    a, b, networks = data["a"], data["b"], data["networks"]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
+    if not numbers or a <= 0 or isinstance(networks, bool) or not isinstance(networks, int) or networks < 1:
+        raise InvalidInputError(f"{where}: calibration a={a!r}, b={b!r}, networks={networks!r}; expected a "
+                                "positive slope a, a finite offset b and a positive number of networks")
+    return Calibration(float(a), float(b), networks, str(data.get("fitted_at", "")))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from search_spaces import InvalidInputError, SearchSpace, SubnetConfig, get_space, network_costs
-from search_spaces.io import atomic_path
+from search_spaces.io import atomic_path, check_output
 
 from latency_lut.profiling import Backend, Protocol, Timing
 from latency_lut.table import Calibration, LatencyTable
@@ -85,6 +85,10 @@ def fit_calibration(raw_sum_ms: Sequence[float], measured_ms: Sequence[float]) -
         raise InvalidInputError(f"a calibration needs at least 2 networks of different predicted latency, got "
                                 f"{raw.size}; expected --fit-samples of 2 or more")
     a, b = np.polyfit(raw, measured, 1)
+    if not a > 0:
+        raise InvalidInputError(f"the calibration fit's slope is {a:.3g}: the measured networks' latencies do not "
+                                f"grow with the table's sums; expected a positive slope (measure more networks, "
+                                f"--fit-samples, or check the table's backend and threads)")
     return Calibration(float(a), float(b), int(raw.size),
                        datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -168,9 +172,11 @@ def validate_and_calibrate(path: Union[str, Path], samples: int = 50, seed: int 
     Returns the report and the two files written."""
     path = Path(path)
     table = LatencyTable.load(path)
+    csv_path, png_path = validation_paths(path, out_dir)
+    for written in (path, csv_path, png_path):
+        check_output(written, "--out-dir" if written != path else "the table", folder=False)
     report = validate_table(table, samples=samples, seed=seed, fit_samples=fit_samples, protocol=protocol,
                             progress=progress)
-    csv_path, png_path = validation_paths(path, out_dir)
     write_report(report, csv_path, png_path)
     table.with_calibration(report.calibration).save(path)
     return report, csv_path, png_path

@@ -6,6 +6,7 @@ line ``nas: error: ...`` and the command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -123,8 +124,32 @@ def cmd_model_summary(args: argparse.Namespace) -> None:
 
 # -- parser ------------------------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors in the project's form: the usage, then one line ``nas: error: ...`` (exit 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"nas: error: {message} (see {self.prog} --help)\n")
+
+
+_NEGATIVE_WITH_UNIT = re.compile(r"-[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?[a-zA-Zµ]+")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--latency -1ms`` as ``--latency=-1ms``: argparse takes any token starting with ``-`` and a letter
+    for an option, so the value would never reach its own check (which names it)."""
+    joined: list[str] = []
+    for token in argv:
+        if (joined and joined[-1].startswith("--") and "=" not in joined[-1]
+                and _NEGATIVE_WITH_UNIT.fullmatch(token)):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nas", description="EfficientFormerV2 architecture search.")
+    parser = _Parser(prog="nas", description="EfficientFormerV2 architecture search.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     space = commands.add_parser("space", help="inspect search spaces and presets")
@@ -160,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args) or 0
     except NasError as error:

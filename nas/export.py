@@ -19,14 +19,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:  # numpy and torch load when an export runs, not when the command line is built
+    import numpy as np
+    import torch
+    from torch import nn
 
 from search_spaces import InvalidInputError, NasError, SubnetConfig
-from search_spaces.io import atomic_path, atomic_write_bytes
+from search_spaces.io import atomic_path, atomic_write_bytes, check_output
 
 FORMATS = {"onnx": ".onnx", "coreml": ".mlpackage", "torchscript": ".pt"}
 #: largest |ONNX Runtime - PyTorch| accepted, relative to the logits' scale (float32 round-off)
@@ -49,7 +50,7 @@ def check_format(fmt: str, out: Union[str, Path]) -> Path:
     """The output path, after checking the format and the file name's suffix."""
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    out = Path(out)
+    out = check_output(out, "--out", folder=fmt == "coreml")
     if out.suffix != FORMATS[fmt]:
         raise InvalidInputError(f"--out {str(out)!r}: {fmt} exports are {FORMATS[fmt]} files; expected a "
                                 f"name ending in {FORMATS[fmt]}")
@@ -63,6 +64,8 @@ def check_format(fmt: str, out: Union[str, Path]) -> Path:
 def export_network(model: nn.Module, config: SubnetConfig, fmt: str, out: Union[str, Path],
                    seed: int = 0) -> ExportResult:
     """Write ``model`` (the network of ``config``) to ``out`` in format ``fmt``."""
+    import torch
+
     out = check_format(fmt, out)
     model = model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -101,6 +104,8 @@ def _onnx_outputs(data: bytes, images: torch.Tensor) -> np.ndarray:
 
 def _check(actual: np.ndarray, expected: np.ndarray, runtime: str) -> float:
     """Max |actual - expected|; refused beyond TOLERANCE x the logits' scale."""
+    import numpy as np
+
     diff = float(np.abs(actual - expected).max())
     scale = max(1.0, float(np.abs(expected).max()))
     if actual.shape != expected.shape or not diff <= TOLERANCE * scale:

@@ -19,7 +19,7 @@ from typing import Optional, Protocol
 
 from nas.mes import MesSpec
 from search_spaces import InvalidInputError, SearchSpace, SubnetConfig, count_params
-from supernet.evaluate import EvalProtocol, Scores, SubnetScorer, flush_denormals
+from supernet.protocol import EvalProtocol, Scores
 
 
 class LatencyModel(Protocol):
@@ -69,6 +69,7 @@ class SupernetAccuracy:
                  data_dir: Optional[str] = None, loaded: Optional[tuple] = None) -> None:
         """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
         from latency_lut.profiling import keep_freed_memory
+        from supernet.evaluate import SubnetScorer, flush_denormals
         from supernet.train import load_supernet
 
         flush_denormals()

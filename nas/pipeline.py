@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from search_spaces import InvalidInputError
-from search_spaces.io import file_digest
+from search_spaces.io import check_output, file_digest
 
-from supernet.evaluate import EvalProtocol
+from supernet.protocol import EvalProtocol
 
 from nas.objectives import SEARCH_PROTOCOL
-from nas.search import SAMPLING, Budget, SearchResult, check_budgets, default_family, run_search
+from nas.search import (SAMPLING, Budget, SearchResult, check_budgets, check_evaluations, default_family,
+                        run_search)
 
 PathLike = Union[str, Path]
 
@@ -46,7 +47,7 @@ class SearchJob:
         from nas.mes import check_alpha
         from nas.objectives import Objectives, SupernetAccuracy
         from nas.store import check_storage, default_storage
-        from supernet.evaluate import check_criterion
+        from supernet.protocol import check_criterion
         from supernet.train import CHECKPOINT, load_supernet
 
         check_alpha(alpha_latency, "--alpha-lat")
@@ -56,7 +57,10 @@ class SearchJob:
             raise InvalidInputError(f"--recheck {recheck}: expected 0 (off) or a positive number of moves")
         if protocol.images is None:
             raise InvalidInputError("the search's evaluation needs a number of images (--eval-images)")
-        self.supernet_run, self.lut, self.out = Path(supernet_run), Path(lut), Path(out)
+        if storage is not None and not storage.strip():
+            raise InvalidInputError(f"--storage {storage!r}: expected an Optuna storage URL (e.g. "
+                                    "sqlite:///study.db), or no --storage for DIR/study.db")
+        self.supernet_run, self.lut, self.out = Path(supernet_run), Path(lut), check_output(out, "--out", folder=True)
         table = LatencyTable.load(self.lut)
         loaded = load_supernet(self.supernet_run)
         space = loaded[0].space
@@ -69,9 +73,8 @@ class SearchJob:
                                     f"{space.name!r} (first: {missing[0].key}); fill it with: nas build-lut --space "
                                     f"{space.name} --backend {table.backend} --out {lut}")
         self.storage = storage or default_storage(self.out)
-        if storage is None:
-            self.out.mkdir(parents=True, exist_ok=True)
-        check_storage(self.storage)
+        if storage is not None:  # the default, DIR/study.db, is created by the first search that runs
+            check_storage(self.storage)
         self.protocol, self.criterion, self.recheck = protocol, criterion, recheck
         self.accuracy = SupernetAccuracy(self.supernet_run, protocol, data_dir=data_dir, loaded=loaded)
         self.space = space
@@ -106,6 +109,8 @@ class SearchJob:
         from nas.results import write_search_outputs
 
         budgets = self.check(budgets)
+        check_evaluations(evaluations)
+        self.out.mkdir(parents=True, exist_ok=True)
         arguments = {**self.objectives_id, "budgets": [b.label for b in budgets]}
         if algorithm in SAMPLING:  # the greedy searches use neither
             arguments.update(seed=seed, evaluations=evaluations)

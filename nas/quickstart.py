@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from search_spaces import InvalidInputError, count_params, get_space, parse_params
-from search_spaces.io import atomic_write_text
+from search_spaces.io import atomic_write_text, check_output
 
-from supernet.evaluate import check_criterion
+from supernet.protocol import check_criterion
 
 from nas.mes import check_alpha
 from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
@@ -75,7 +75,7 @@ class Quickstart:
         from supernet.recipe import load_recipe
 
         self.settings, self.echo = settings, echo
-        self.out = Path(settings.out)
+        self.out = check_output(settings.out, "--out", folder=True)
         self.recipe = load_recipe(settings.recipe)
         self.space = get_space(self.recipe.space)
         # bad input is refused here, before the supernet trains

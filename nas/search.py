@@ -53,7 +53,7 @@ from search_spaces import (
 )
 from search_spaces.presets import PAPER_FIGURES
 
-from supernet.evaluate import Scores, check_criterion
+from supernet.protocol import Scores, check_criterion
 
 from nas import store
 from nas.objectives import Metrics, Objectives
@@ -351,35 +351,50 @@ def random_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
 
 
 def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
-                   study, algorithm: str, progress=None, criterion: str = "top1") -> tuple[list[dict], dict]:
+                   study, algorithm: str, seed: int = 0, progress=None,
+                   criterion: str = "top1") -> tuple[list[dict], dict]:
     """NSGA-II or TPE in the study itself: its trials are the evaluations (ask/tell), resumable.
 
     The sampler maximises (criterion, MES) with the loosest budget as a constraint.
     """
     optuna = store._optuna()
+    states = optuna.trial.TrialState
     loosest = budgets[0]
     distributions = store.distributions(space)
-    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "RUNNING":  # left by an interrupted run
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    for _ in range(max(0, evaluations - len(done))):
+        if trial.state == states.RUNNING:  # left by an interrupted run: it never counts
+            study.tell(trial.number, state=states.FAIL)
+    trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED))
+    keys = {t.user_attrs["key"] for t in trials if t.state == states.COMPLETE}
+    asked = len(trials)
+    while len(keys) < evaluations and asked < DUPLICATE_LIMIT * evaluations:
+        # a sampler seeded by the seed and the number of proposals so far: the proposals depend on the stored
+        # trials alone, so a search resumed after a kill proposes what an uninterrupted one would
+        study.sampler = optuna_sampler(algorithm, seed * 1_000_003 + asked)
         trial = study.ask(distributions)
+        asked += 1
         config = store.decode(space, trial.params)
-        metrics = evaluate(config, record=False)  # a duplicate config is not evaluated again
+        if config.key in keys:  # a config proposed again is no new evaluation: kept out of the results
+            trial.set_user_attr("duplicate_of", config.key)
+            study.tell(trial, state=states.PRUNED)
+            continue
+        metrics = evaluate(config, record=False)  # a config of another study is not evaluated again
         trial.set_constraint("budget", _violation(loosest, metrics))
         for key, value in store.user_attrs(config, metrics, algorithm).items():
             trial.set_user_attr(key, value)
         study.tell(trial, [metrics.score(criterion), metrics.mes])
-        if progress and (len(done) + 1) % 10 == 0:
-            progress(f"{len(done) + 1}/{evaluations} {algorithm} trials")
-        done.append(trial)
+        keys.add(config.key)
+        if progress and len(keys) % 10 == 0:
+            progress(f"{len(keys)}/{evaluations} {algorithm} configs")
     evaluated, trajectory = [], []
     for i, trial in enumerate(t for t in study.get_trials(deepcopy=False) if store.trial_metrics(t)):
         metrics = store.trial_metrics(trial)
         evaluated.append((store.decode(space, trial.params), metrics))
         trajectory.append(_row(i + 1, algorithm, metrics, None))
     return trajectory, best_per_budget(evaluated, budgets, criterion)
+
+
+DUPLICATE_LIMIT = 20  # proposals per requested evaluation before a sampler that only repeats itself is stopped
 
 
 def _violation(budget: Budget, metrics: Metrics) -> float:
@@ -406,6 +421,11 @@ def study_name(algorithm: str, arguments: dict) -> str:
     return f"{algorithm}-{digest}"
 
 
+def check_evaluations(evaluations: int) -> None:
+    if evaluations < 1:
+        raise InvalidInputError(f"--evaluations {evaluations}: expected a positive number")
+
+
 def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
                arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
                progress=None, evaluation_id: Optional[dict] = None, criterion: str = "top1",
@@ -421,19 +441,18 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     """
     if algorithm not in ALGORITHMS:
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
-    if evaluations < 1:
-        raise InvalidInputError(f"--evaluations {evaluations}: expected a positive number")
+    check_evaluations(evaluations)
     check_criterion(criterion)
     budgets = check_budgets(objectives, budgets)
     space = objectives.space
     started = time.perf_counter()
-    sampler = optuna_sampler(algorithm, seed) if algorithm in ("nsga2", "tpe") else None
     evaluation = _jsonable(evaluation_id)
-    study = store.open_study(storage, study_name(algorithm, arguments), sampler=sampler,
+    study = store.open_study(storage, study_name(algorithm, arguments),
                              metadata={"algorithm": algorithm, "space": space.name,
                                        "budgets": [b.label for b in budgets], "criterion": criterion,
                                        "arguments": json.loads(json.dumps(arguments, default=str)),
                                        **({"evaluation": evaluation} if evaluation else {})})
+    earlier = store.elapsed_seconds(study)  # a resumed search's wall time counts its earlier runs
     shared = store.shared_scores(storage, evaluation, exclude=study.study_name) if evaluation else {}
     evaluate = Evaluator(objectives, study, algorithm, shared, criterion)
     second = None
@@ -457,10 +476,10 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     elif algorithm == "random":
         trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress, criterion)
     else:
-        trajectory, selected = sampler_search(space, evaluate, budgets, evaluations, study, algorithm, progress,
-                                              criterion)
+        trajectory, selected = sampler_search(space, evaluate, budgets, evaluations, study, algorithm, seed,
+                                              progress, criterion)
     result = SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
-                          time.perf_counter() - started, evaluate.evaluations, study=study.study_name)
+                          earlier + time.perf_counter() - started, evaluate.evaluations, study=study.study_name)
     if second is not None:
         result.measured += second[0].evaluations
     return result

@@ -68,7 +68,7 @@ def cmd_results_show(args: argparse.Namespace) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
     from nas.search import ALGORITHMS
-    from supernet.evaluate import CRITERIA
+    from supernet.protocol import CRITERIA
 
     p = commands.add_parser("search", help="MES-driven search of a trained supernet under a budget")
     p.add_argument("--supernet", required=True, metavar="RUN_DIR")

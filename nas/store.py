@@ -15,13 +15,15 @@ URL Optuna accepts works for several machines sharing one study.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from search_spaces import BlockConfig, InvalidInputError, SearchSpace, StageConfig, SubnetConfig
-from supernet.evaluate import Scores
+from search_spaces import BlockConfig, InvalidInputError, NasError, SearchSpace, StageConfig, SubnetConfig
+from supernet.protocol import Scores
 
 from nas.objectives import Metrics
 
@@ -79,11 +81,27 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
+#: what a process sees when another one creates the same new store at the same moment (SQLite)
+_CREATION_RACES = ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
+
+
+def get_storage(storage: str, attempts: int = 10):
+    """Optuna's storage for a URL. Several processes started at once on a new store race to create its
+    tables; a loser retries and finds the tables the winner made."""
+    optuna = _optuna()
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.get_storage(storage)
+        except Exception as error:
+            if attempt == attempts - 1 or not any(race in str(error) for race in _CREATION_RACES):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def check_storage(storage: str) -> None:
     """Open the storage once (creating a SQLite file if needed); fail with one clear message."""
-    optuna = _optuna()
     try:
-        optuna.storages.get_storage(storage)
+        get_storage(storage)
     except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
         raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
                                 f"{str(error).splitlines()[0][:200]}") from None
@@ -93,7 +111,8 @@ def open_study(storage: str, study_name: str, sampler=None, metadata: Optional[d
     """Create or load a study; a storage that cannot be opened is one clear error."""
     optuna = _optuna()
     try:
-        study = optuna.create_study(storage=storage, study_name=study_name, directions=list(DIRECTIONS),
+        study = optuna.create_study(storage=get_storage(storage), study_name=study_name,
+                                    directions=list(DIRECTIONS),
                                     sampler=sampler, load_if_exists=True)
     except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
         raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
@@ -102,6 +121,16 @@ def open_study(storage: str, study_name: str, sampler=None, metadata: Optional[d
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
     return study
+
+
+def elapsed_seconds(study) -> float:
+    """From the first stored trial's start to the last one's end: the wall time that earlier runs of a
+    resumed search spent (0 for a new study)."""
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False)
+             if t.datetime_start is not None and t.datetime_complete is not None]
+    if not spans:
+        return 0.0
+    return (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds()
 
 
 def trial_metrics(trial) -> Optional[Metrics]:
@@ -128,11 +157,40 @@ def shared_scores(storage: str, evaluation_id: Any, exclude: str = "") -> dict[s
     evaluation protocol, whatever their latency table, backend, alphas or criterion."""
     optuna = _optuna()
     result: dict[str, Scores] = {}
-    for summary in optuna.study.get_all_study_summaries(storage):
-        if summary.study_name != exclude and summary.user_attrs.get("evaluation") == evaluation_id:
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            result.update((key, m.scores) for key, m in stored_metrics(study).items())
+    with _readable(storage):
+        for summary in optuna.study.get_all_study_summaries(storage):
+            if summary.study_name != exclude and summary.user_attrs.get("evaluation") == evaluation_id:
+                study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                result.update((key, m.scores) for key, m in stored_metrics(study).items())
     return result
+
+
+@contextlib.contextmanager
+def _readable(storage: str):
+    """A store whose pages or attributes are damaged is one clear error, not a database traceback."""
+    try:
+        yield
+    except NasError:
+        raise
+    except Exception as error:  # sqlite's "database disk image is malformed", bad attribute JSON, wrong types
+        raise InvalidInputError(f"the results store {storage!r} cannot be read ({type(error).__name__}: "
+                                f"{str(error).splitlines()[0][:160] if str(error) else ''}); expected a store "
+                                "written by nas search (remove it, or choose another --out or --storage)") from None
+
+
+def is_optuna_sqlite(db: Path) -> bool:
+    """Whether a SQLite file holds Optuna's tables, read without writing to it (an empty file: no)."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{Path(db).resolve()}?mode=ro", uri=True)
+        try:
+            names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return False
+    return {"studies", "trials", "alembic_version"} <= names
 
 
 def user_attrs(config: SubnetConfig, metrics: Metrics, algorithm: str) -> dict[str, Any]:
@@ -156,22 +214,26 @@ def studies_dataframe(folder: Path):
     folder = Path(folder)
     if not folder.exists():
         raise InvalidInputError(f"results folder {str(folder)!r} does not exist")
+    if folder.is_file():  # one store, named directly
+        if not is_optuna_sqlite(folder):
+            raise InvalidInputError(f"{str(folder)!r} is not a results store; expected a study.db written by nas "
+                                    "search, or a folder holding some")
+        stores, root = [folder], folder.parent
+    else:  # only SQLite files holding Optuna's tables: another program's .db is neither read nor written
+        stores, root = [db for db in sorted(folder.rglob("*.db")) if is_optuna_sqlite(db)], folder
     frames = []
-    for db in sorted(folder.rglob("*.db")):
+    for db in stores:
         storage = f"sqlite:///{db.resolve()}"
-        try:
-            summaries = optuna.study.get_all_study_summaries(storage)
-        except Exception as error:
-            raise InvalidInputError(f"{db} is not a results store ({type(error).__name__})") from None
-        for summary in summaries:
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
-            rows = [dict(trial.user_attrs, trial=trial.number) for trial in study.get_trials(deepcopy=False)
-                    if trial_metrics(trial) is not None]
-            if rows:
-                frame = pd.DataFrame(rows)
-                frame["study"] = summary.study_name
-                frame["store"] = str(db.relative_to(folder))
-                frames.append(frame)
+        with _readable(storage):
+            for summary in optuna.study.get_all_study_summaries(storage):
+                study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                rows = [dict(trial.user_attrs, trial=trial.number) for trial in study.get_trials(deepcopy=False)
+                        if trial_metrics(trial) is not None]
+                if rows:
+                    frame = pd.DataFrame(rows)
+                    frame["study"] = summary.study_name
+                    frame["store"] = str(db.relative_to(root))
+                    frames.append(frame)
     if not frames:
         raise InvalidInputError(f"no results store (*.db with evaluated configs) under {str(folder)!r}")
     return pd.concat(frames, ignore_index=True)

@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_subnet(args: argparse.Namespace) -> None:
-    from supernet.evaluate import EvalProtocol
+    from supernet.protocol import EvalProtocol
     from supernet.train import evaluate_config
 
     config = resolve_config(args.config)
@@ -69,7 +69,7 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from supernet.evaluate import EvalProtocol
+    from supernet.protocol import EvalProtocol
 
     defaults = EvalProtocol()
     p = commands.add_parser("train-supernet", help="train a weight-sharing supernet (sandwich rule)")

@@ -235,7 +235,11 @@ def load_configs(path: Union[str, Path]) -> list[SubnetConfig]:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"config file {str(path)!r} does not exist")
-    return parse_config_text(path.read_text(), source=str(path))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"config file {str(path)!r} is not a text file; expected YAML or JSON") from None
+    return parse_config_text(text, source=str(path))
 
 
 def load_config(path: Union[str, Path]) -> SubnetConfig:

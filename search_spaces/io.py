@@ -53,3 +53,24 @@ def file_digest(path: Union[str, Path], length: int = 16) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:length]
+
+
+def check_output(path: Union[str, Path], what: str, folder: bool) -> Path:
+    """Refuse, before any work, an output that cannot be written: ``path`` (a folder if ``folder``, else a file)
+    must not exist as the other kind, must not lie under a file, and its nearest existing folder must be
+    writable. Nothing is created. ``what`` names the option in the message (``--out``)."""
+    from search_spaces.errors import InvalidInputError
+
+    path = Path(path)
+    expected = "a folder" if folder else "a file"
+    if path.exists() and path.is_dir() != folder:
+        raise InvalidInputError(f"{what} {str(path)!r} is {'a file' if folder else 'a folder'}; expected {expected}")
+    existing = path if folder and path.exists() else path.parent  # files are written by a rename in their folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{what} {str(path)!r} lies under the file {str(existing)!r}; expected {expected} "
+                                "in a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{what} {str(path)!r} cannot be written: {str(existing)!r} is read-only")
+    return path

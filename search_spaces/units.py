@@ -14,6 +14,8 @@ from search_spaces.errors import InvalidInputError
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _PARAM_UNITS = {"": None, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
 _TIME_UNITS_MS = {"": None, "s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
+MAX_PARAMS = 1e12  # larger budgets are unit mix-ups, not networks
+MAX_LATENCY_MS = 3.6e6  # an hour
 
 
 def _split(text: Union[str, float, int], what: str, example: str) -> tuple[float, str]:
@@ -41,6 +43,9 @@ def parse_params(text: Union[str, float, int]) -> int:
         raise InvalidInputError(f"parameter budget {text!r} has no unit; expected K, M or G, e.g. {text}M")
     if scale == "bad":
         raise InvalidInputError(f"parameter budget {text!r}: unknown unit {unit!r}; expected K, M or G")
+    if value * scale > MAX_PARAMS:
+        raise InvalidInputError(f"parameter budget {text!r} is {value * scale:.3g} parameters; expected at most "
+                                f"{MAX_PARAMS:.0e} (a unit mix-up?), e.g. 7M")
     return int(round(value * scale))
 
 
@@ -52,6 +57,9 @@ def parse_latency_ms(text: Union[str, float, int]) -> float:
         raise InvalidInputError(f"latency budget {text!r} has no unit; expected ms, us or s, e.g. {text}ms")
     if scale == "bad":
         raise InvalidInputError(f"latency budget {text!r}: unknown unit {unit!r}; expected ms, us or s")
+    if value * scale > MAX_LATENCY_MS:
+        raise InvalidInputError(f"latency budget {text!r} is {value * scale / 1e3:.3g} s; expected at most "
+                                f"{MAX_LATENCY_MS / 1e3:.0f} s (a unit mix-up?), e.g. 1.1ms")
     return value * scale
 
 

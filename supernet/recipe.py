@@ -7,6 +7,7 @@ and what was expected. The recipes shipped with the project live in
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,27 @@ class Recipe:
                                     f"{self.distill_tau}; expected 0 <= distill_alpha <= 1 and distill_tau > 0")
         if self.base_lr <= 0:
             raise InvalidInputError(f"recipe: base_lr = {self.base_lr}; expected a positive learning rate")
+        for name in ("max_train_images", "eval_images", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected a positive integer "
+                                        f"or null (null: {_NULL_MEANS[name]})")
+        for name in ("min_lr", "warmup_epochs", "warmup_lr", "weight_decay", "color_jitter", "mixup", "cutmix",
+                     "layer_scale_init"):
+            _check_range(name, getattr(self, name), low=0.0)
+        for name in ("hflip", "reprob"):
+            _check_range(name, getattr(self, name), low=0.0, high=1.0)
+        for name in ("smoothing", "drop_path"):
+            _check_range(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+        _check_range("crop_pct", self.crop_pct, low=0.0, high=1.0, low_open=True)
+        if self.clip_grad is not None:
+            _check_range("clip_grad", self.clip_grad, low=0.0, low_open=True)
+        if self.clip_mode not in CLIP_MODES:
+            raise InvalidInputError(f"recipe: clip_mode = {self.clip_mode!r}; expected one of {', '.join(CLIP_MODES)} "
+                                    "(timm's dispatch_clip_grad)")
+        if not all(math.isfinite(v) for v in self.mean) or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise InvalidInputError(f"recipe: mean = {list(self.mean)}, std = {list(self.std)}; expected finite "
+                                    "numbers and a positive std per channel")
+        _check_timm_choices(self)
 
     def lr(self, world_size: int = 1) -> float:
         """The peak learning rate: base_lr x global batch / 1024 (the paper's scaling)."""
@@ -131,6 +153,40 @@ class Recipe:
 
 
 LEGACY_KEYS = ("bn_batches",)
+CLIP_MODES = ("norm", "value", "agc")  # timm.utils.dispatch_clip_grad's modes
+_NULL_MEANS = {"max_train_images": "every training image", "eval_images": "every held-out image",
+               "threads": "torch's default"}
+
+
+def _check_range(name: str, value: float, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or below or above:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+        raise InvalidInputError(f"recipe: {name} = {value!r}; expected a number in {interval}")
+
+
+def _check_timm_choices(recipe: Recipe) -> None:
+    """The optimiser and interpolation are timm's: check them against timm's own lists."""
+    from search_spaces._torchvision_fix import ensure_torchvision
+
+    ensure_torchvision()
+    from timm.data.transforms import str_to_interp_mode
+    from timm.optim import list_optimizers
+
+    optimizers = list_optimizers()
+    name = recipe.opt.lower()
+    if name.split("_")[-1] not in optimizers or (name.count("_") and not name.startswith("lookahead_")):
+        raise InvalidInputError(f"recipe: opt = {recipe.opt!r}; expected one of timm's optimisers "
+                                f"({', '.join(optimizers[:12])}, ...: timm.optim.list_optimizers()), "
+                                "optionally as lookahead_NAME")
+    if recipe.interpolation != "random":
+        try:
+            str_to_interp_mode(recipe.interpolation)
+        except KeyError:
+            raise InvalidInputError(f"recipe: interpolation = {recipe.interpolation!r}; expected one of timm's: "
+                                    "bilinear, bicubic, nearest, box, hamming, lanczos, random") from None
 
 
 def _coerce(value: Any, hint: Any, what: str) -> Any:
@@ -175,4 +231,6 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path}: malformed YAML: {error}".replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"recipe {str(path)!r} is not a text file; expected a YAML recipe") from None
     return Recipe.from_dict(data or {}, source=str(path))

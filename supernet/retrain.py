@@ -22,7 +22,8 @@ from torch import nn
 from search_spaces import InvalidInputError, SubnetConfig, get_space, parse_config_text
 from search_spaces.model import build_model
 from supernet.data import Splits
-from supernet.evaluate import EvalProtocol, evaluate, flush_denormals, recalibrate_bn
+from supernet.evaluate import evaluate, flush_denormals, recalibrate_bn
+from supernet.protocol import EvalProtocol
 from supernet.recipe import Recipe
 from supernet.train import (
     CHECKPOINT,
@@ -30,6 +31,7 @@ from supernet.train import (
     TrainingTask,
     TrainResult,
     load_checkpoint,
+    load_weights,
     run_training,
     soft_cross_entropy,
     supernet_from_checkpoint,
@@ -163,7 +165,7 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
         if config is not None and config.key != stored.key:
             raise InvalidInputError(f"the weights {str(weights)!r} are of config {stored.key}, not {config.key}")
         model = build_model(stored, num_classes=payload["num_classes"])
-        model.load_state_dict(payload["model"])
+        load_weights(model, payload, path)
         return model.eval(), stored
     flush_denormals()
     supernet, recipe = supernet_from_checkpoint(payload, path)

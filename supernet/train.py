@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import random
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -29,9 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
-from search_spaces.io import atomic_path, atomic_write_text
+from search_spaces.io import atomic_path, atomic_write_text, check_output
 from supernet.data import ResumableSampler, Splits
-from supernet.evaluate import EvalProtocol, Scores, SubnetScorer, evaluate, flush_denormals
+from supernet.evaluate import SubnetScorer, evaluate, flush_denormals
+from supernet.protocol import EvalProtocol, Scores
 from supernet.recipe import Recipe
 from supernet.supernet import Supernet
 
@@ -45,7 +48,7 @@ from timm.scheduler import create_scheduler_v2  # noqa: E402
 from timm.utils import dispatch_clip_grad  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: loadable with torch.load(weights_only=True)
 
 
 class TrainingDiverged(NasError):
@@ -141,21 +144,45 @@ def load_checkpoint(path: Path, kind: Union[str, tuple[str, ...]] = "supernet") 
     """A checkpoint of this project of kind ``kind`` (or of one of several kinds)."""
     if not path.is_file():
         raise InvalidInputError(f"no checkpoint at {str(path)!r}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated, corrupted or not a torch file
+    try:  # weights_only: a checkpoint holds tensors and plain Python values, so loading one runs no code
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # a torch file (a zip) that weights_only refused holds other objects; anything else is damaged
+        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+            raise InvalidInputError(f"checkpoint {str(path)!r} holds objects other than tensors and plain values, "
+                                    f"so it was not loaded (loading it could run code); expected a checkpoint of "
+                                    f"this project, format {CHECKPOINT_FORMAT} (checkpoints of earlier versions, "
+                                    f"format 1, must be trained again)") from None
         raise InvalidInputError(f"checkpoint {str(path)!r} is corrupted or not a checkpoint of this project "
                                 f"({type(error).__name__}: {str(error)[:120]})") from None
     kinds = (kind,) if isinstance(kind, str) else kind
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("kind") not in kinds:
         raise InvalidInputError(f"{str(path)!r} is not a {' or '.join(kinds)} checkpoint of this project (format "
                                 f"{CHECKPOINT_FORMAT})")
+    fields = {"space": str, "num_classes": int, "recipe": dict, "model": dict} | (
+        {"config": str} if payload["kind"] == "network" else {})
+    for name, expected in fields.items():
+        if not isinstance(payload.get(name), expected) or isinstance(payload.get(name), bool):
+            raise InvalidInputError(f"checkpoint {str(path)!r}: {name} is {type(payload.get(name)).__name__}; "
+                                    f"expected a {expected.__name__} (a checkpoint written by this project)")
+    get_space(payload["space"])
     return payload
 
 
+def load_weights(module: nn.Module, payload: dict[str, Any], path: Path) -> None:
+    """A checkpoint's weights into ``module``; weights of another shape (another space or config) are refused."""
+    try:
+        module.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise InvalidInputError(f"checkpoint {str(path)!r}: its weights do not fit a network of space "
+                                f"{payload['space']!r} ({str(error).splitlines()[0][:160]}); expected the "
+                                "checkpoint that training wrote") from None
+
+
 def _rng_state(sampler_rng: random.Random) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "configs": sampler_rng.getstate()}
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+             "torch": torch.get_rng_state(), "configs": sampler_rng.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -163,7 +190,8 @@ def _rng_state(sampler_rng: random.Random) -> dict[str, Any]:
 
 def _restore_rng(state: dict[str, Any], sampler_rng: random.Random) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     sampler_rng.setstate(state["configs"])
     if "cuda" in state and torch.cuda.is_available():
@@ -305,7 +333,7 @@ def run_training(task_factory: Callable[[Recipe], TrainingTask], recipe: Recipe,
                  epochs: Optional[int] = None, data_dir: Optional[str] = None, download: bool = False,
                  progress: bool = True) -> TrainResult:
     """The resumable (optionally distributed) training loop around one task."""
-    out = Path(out)
+    out = check_output(out, "--out", folder=True)
     runtime = start_runtime(recipe.threads)
     try:
         return _train(task_factory, recipe, out, resume, epochs, data_dir, download, progress, runtime)
@@ -464,7 +492,7 @@ def supernet_from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[Super
     """The supernet (eval mode, CPU) and recipe of a loaded supernet checkpoint."""
     recipe = Recipe.from_dict(payload["recipe"], source=f"{path} recipe")
     supernet = Supernet(payload["space"], num_classes=payload["num_classes"], drop_path_rate=recipe.drop_path)
-    supernet.load_state_dict(payload["model"])
+    load_weights(supernet, payload, path)
     return supernet.eval(), recipe
 
 

@@ -101,3 +101,15 @@ def test_console_script_is_installed():
     assert script.exists() or shutil.which("nas")
     result = subprocess.run([str(script) if script.exists() else "nas", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "space" in result.stdout
+
+
+def test_building_the_command_line_loads_no_torch():
+    """`nas --help` and argparse's errors answer at once: torch loads in the commands that use it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from nas.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'timm', 'numpy', 'pandas', 'optuna') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-1000:]

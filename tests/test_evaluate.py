@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from search_spaces import InvalidInputError
-from supernet.evaluate import EvalProtocol, SubnetScorer, evaluate, recalibrate_bn, shared_stages
+from supernet.evaluate import SubnetScorer, evaluate, recalibrate_bn, shared_stages
+from supernet.protocol import EvalProtocol
 from supernet.train import load_supernet
 
 PROTOCOL = EvalProtocol(images=96, bn_batches=2, batch_size=32)

@@ -136,6 +136,64 @@ def test_import_refusals(export, tmp_path):
         import_measurements(tmp_path / "nope.csv", _results(export), tmp_path / "x.parquet")
 
 
+def test_manifest_paths_stay_inside_the_export(export, tmp_path):
+    """A manifest names packages inside its own folder: no file elsewhere is hashed, kept or imported."""
+    for bad in ("../../../../etc/x.mlpackage", "/etc/hostname", "../../../../etc/passwd", "blocks/x.txt",
+                "blocks/../../x.mlpackage", "blocks\\..\\x.mlpackage", "", ".mlpackage", "./blocks/x.mlpackage"):
+        with pytest.raises(ValueError, match="expected a relative path inside the export folder"):
+            script.package_file(bad)
+    assert script.package_file("blocks/stem_c3-16_r32.mlpackage") == "blocks/stem_c3-16_r32.mlpackage"
+    # the import refuses such a row
+    rows = list(csv.DictReader(open(export)))
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=script.MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows[:1] + [rows[1] | {"file": "../../../../etc/x"}])
+    with pytest.raises(InvalidInputError, match="'../../../../etc/x': expected a relative path"):
+        import_measurements(manifest, _results(export), tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+    # a re-export keeps no row pointing outside, even with a matching hash: it refuses the manifest
+    copy = tmp_path / "copy"
+    shutil.copytree(export.parent, copy)
+    outside = tmp_path / "outside.mlpackage"
+    shutil.copytree(export.parent / rows[0]["file"], outside)
+    for file in ("../outside.mlpackage", str(outside)):
+        with open(copy / "manifest.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=script.MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows([rows[0] | {"file": file}])
+        with pytest.raises(InvalidInputError, match="line 2: package file"):
+            export_coreml(SPACE, copy, parts=_one_part_per_kind()[:1], include_reference=False, progress=False)
+    # nor through a link inside the folder
+    (copy / "linked").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(ValueError, match="leads outside the export folder"):
+        script.package_path(copy, "linked/outside.mlpackage")
+
+
+def test_a_package_is_hashed_only_as_one(export, tmp_path):
+    package = tmp_path / "p.mlpackage"
+    shutil.copytree(export.parent / next(csv.DictReader(open(export)))["file"], package)
+    digest = script.package_sha256(package)
+    # what a Mac adds to a copied folder is not part of the package
+    (package / ".DS_Store").write_bytes(b"finder")
+    (package / "Data" / "._weights").parent.mkdir(exist_ok=True)
+    (package / "Data" / "._weights").write_bytes(b"appledouble")
+    assert script.package_sha256(package) == digest
+    (package / "extra.bin").write_bytes(b"x")
+    assert script.package_sha256(package) != digest
+    plain = tmp_path / "file.mlpackage"
+    plain.write_text("not a folder")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for bad in (plain, folder, tmp_path / "missing.mlpackage"):
+        with pytest.raises(ValueError, match="is not a .mlpackage folder"):
+            script.package_sha256(bad)
+    (package / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="holds a link"):
+        script.package_sha256(package)
+
+
 # -- the Mac script, without a Mac ------------------------------------------------------------
 
 def test_script_reads_the_manifest_fixture():

@@ -219,19 +219,25 @@ def test_stratified_configs_span_the_size_range():
     assert stratified_configs(space, 10, seed=1) != configs
 
 
+def test_a_calibration_that_falls_with_the_sums_is_refused():
+    assert fit_calibration([1.0, 2.0, 3.0], [2.0, 3.1, 3.9]).a == pytest.approx(0.95)
+    with pytest.raises(InvalidInputError, match="slope is -1: the measured networks' latencies do not grow"):
+        fit_calibration([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+
+
 def test_validation_fits_on_some_and_reports_on_the_rest(cpu_table, tmp_path):
-    report = validate_table(cpu_table, samples=5, seed=0, fit_samples=3,
-                            protocol=Protocol(runs=4, warmup=1, rounds=2), progress=False)
+    report = validate_table(cpu_table, samples=5, seed=0, fit_samples=4,
+                            protocol=Protocol(runs=6, warmup=1, rounds=2), progress=False)
     frame = report.frame
-    assert list(frame["split"]).count("fit") == 3 and list(frame["split"]).count("holdout") == 5
-    assert (frame["runs"] == 4).all() and (frame["measured_ms"] > 0).all()
+    assert list(frame["split"]).count("fit") == 4 and list(frame["split"]).count("holdout") == 5
+    assert (frame["runs"] == 6).all() and (frame["measured_ms"] > 0).all()
     fit = frame[frame["split"] == "fit"]
     assert report.calibration == fit_calibration(fit["raw_sum_ms"], fit["measured_ms"]).__class__(
-        report.calibration.a, report.calibration.b, 3, report.calibration.fitted_at)
+        report.calibration.a, report.calibration.b, 4, report.calibration.fitted_at)
     holdout = frame[frame["split"] == "holdout"]
     assert report.calibrated == accuracy(holdout["calibrated_ms"], holdout["measured_ms"])
     assert report.raw == accuracy(holdout["raw_sum_ms"], holdout["measured_ms"])
     assert all(math.isfinite(v) for v in (report.raw.mape_pct, report.calibrated.mape_pct))
     write_report(report, tmp_path / "report.csv", tmp_path / "report.png")
-    assert pd.read_csv(tmp_path / "report.csv").shape[0] == 8
+    assert pd.read_csv(tmp_path / "report.csv").shape[0] == 9
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ from nas.search import (
     study_name,
 )
 from search_spaces import InvalidInputError, count_params, get_space
-from supernet.evaluate import EvalProtocol
+from supernet.protocol import EvalProtocol
 
 
 class ParamsAccuracy:
@@ -325,3 +325,69 @@ def test_recheck_scores_the_best_moves_on_the_next_slice(tiny_supernet_run, tiny
     assert result.returncode == 0, result.stderr
     trajectory = pd.read_csv(next((tmp_path / "r").glob("*-trajectory.csv")))
     assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6 and (trajectory["kl"].iloc[1:] > 0).all()
+
+
+def _complete_trials(db) -> int:
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error:  # tables not created yet
+        return 0
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
+def test_a_sampler_killed_mid_search_resumes_to_the_uninterrupted_result(algorithm, tiny_supernet_run, tiny_lut,
+                                                                         tmp_path):
+    """SIGKILL at 13 of 30 configs, then the same command again: the same configs in the same order as a run
+    never interrupted, and no config stored twice (a sampler's repeated proposal is no new evaluation)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.6 / 1e6:.3f}M"
+    arguments = ["--params", budget, "--algorithm", algorithm, "--evaluations", "30", "--seed", "3"]
+    whole = _search(tiny_supernet_run, tiny_lut, tmp_path / "whole", *arguments)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "nas.cli", "search", "--supernet", str(tiny_supernet_run), "--lut",
+               str(tiny_lut), "--out", str(killed), "--eval-images", "64", "--bn-batches", "1", "--quiet", *arguments]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while _complete_trials(killed / "study.db") < 13 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the search ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 13 <= _complete_trials(killed / "study.db") < 30
+    resumed = _search(tiny_supernet_run, tiny_lut, killed, *arguments)
+    assert resumed.returncode == 0, resumed.stderr
+    (trajectory,) = (tmp_path / "whole").glob(f"{algorithm}-*-trajectory.csv")
+    expected, got = pd.read_csv(trajectory), pd.read_csv(killed / trajectory.name)
+    assert len(expected) == 30 and expected["key"].is_unique
+    assert list(got["key"]) == list(expected["key"])
+
+
+def test_several_processes_starting_at_once_on_a_new_store(tmp_path):
+    """Six processes open studies in one new SQLite store at the same instant: none fails."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 15  # after every interpreter has imported Optuna and torch
+    code = ("import sys, time; from nas import store; time.sleep(max(0, {start} - time.time())); "
+            "store.open_study(store.default_storage(sys.argv[1]), 'study-' + sys.argv[2])")
+    processes = [subprocess.Popen([sys.executable, "-c", code.format(start=start), str(tmp_path), str(i % 3)],
+                                  stderr=subprocess.PIPE, text=True) for i in range(6)]
+    failures = [p.communicate(timeout=120)[1] for p in processes if p.wait(timeout=120) != 0]
+    assert not failures, failures[0][-1500:]
+    assert {s.study_name for s in __import__("optuna").study.get_all_study_summaries(
+        store.default_storage(tmp_path))} == {"study-0", "study-1", "study-2"}

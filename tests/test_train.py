@@ -17,7 +17,7 @@ from conftest import ROOT, nas_main, run_nas
 from search_spaces import InvalidInputError, get_space, save_config
 from supernet.data import ResumableSampler, Splits
 from supernet.recipe import Recipe, load_recipe
-from supernet.train import CHECKPOINT, load_checkpoint, load_supernet
+from supernet.train import CHECKPOINT, CHECKPOINT_FORMAT, load_checkpoint, load_supernet
 
 SMALL = {
     "space": "efficientformerv2-tiny@32", "max_train_images": 320, "val_split": 128, "epochs": 2,
@@ -174,9 +174,38 @@ def test_bad_inputs_leave_nothing_half_written(tmp_path):
     assert "corrupted" in _error(run_nas("eval-subnet", "--supernet", run, "S0"))
     assert "already holds a run" in _error(run_nas("train-supernet", "--recipe", small_recipe(tmp_path),
                                                    "--out", run))
-    torch.save({"format": 1, "kind": "supernet", "space": "efficientformerv2", "recipe": {}}, run / CHECKPOINT)
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "supernet", "space": "efficientformerv2", "recipe": {},
+                "num_classes": 10, "model": {}}, run / CHECKPOINT)
     other = _error(run_nas("train-supernet", "--recipe", small_recipe(tmp_path), "--out", run, "--resume"))
     assert "supernet of space 'efficientformerv2'" in other and "efficientformerv2-tiny@32" in other
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    import numpy as np
+
+    run = tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "payload-ran"
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "supernet", "space": "efficientformerv2-tiny",
+                "model": {}, "x": _Payload(marker)}, run / CHECKPOINT)
+    for command in (("eval-subnet", "--supernet", run, "S0"),
+                    ("train-supernet", "--recipe", small_recipe(tmp_path), "--out", run, "--resume")):
+        message = _error(run_nas(*command))
+        assert "was not loaded" in message and str(run / CHECKPOINT) in message
+    assert not marker.exists()
+    # a checkpoint of an earlier version (numpy RNG state pickled as an array) is refused with the reason
+    torch.save({"format": 1, "kind": "supernet", "rng": [{"numpy": np.random.get_state()}]}, run / CHECKPOINT)
+    assert "format 1" in _error(run_nas("eval-subnet", "--supernet", run, "S0"))
 
 
 def test_nan_loss_stops_with_one_message_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -188,7 +188,7 @@ class Reproduction:
         """Top-1 (%) on the whole held-out val split from the supernet, BatchNorm recalibrated
         (``nas eval-subnet``'s evaluation): a finer evaluation than the search's."""
         from nas.objectives import SupernetAccuracy
-        from supernet.evaluate import EvalProtocol
+        from supernet.protocol import EvalProtocol
 
         if self._supernet_accuracy is None:
             self._supernet_accuracy = SupernetAccuracy(self.supernet_dir, EvalProtocol(), data_dir=self.args.data_dir)

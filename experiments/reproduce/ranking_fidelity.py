@@ -16,7 +16,7 @@ import statistics
 import pandas as pd
 
 from _common import Reproduction, config_text, family_and_random, parser, positive, rank_correlations, run
-from supernet.evaluate import EvalProtocol
+from supernet.protocol import EvalProtocol
 
 PAPER = ("supernet-inherited and from-scratch accuracy correlate with r² = 0.91 (EagleEye: 0.63); every "
          "subnet's inherited accuracy is above 40%")
