@@ -2,7 +2,7 @@
 
 Unknown keys and wrong types are refused with a message naming the key, the value
 and what was expected. The recipes shipped with the project live in
-``experiments/recipes/``.
+``supernet/recipes/`` (package data, so a wheel install has them).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from search_spaces.config import dump_yaml
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet-folder")
 DISTILLATIONS = ("hard", "soft")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "experiments" / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # package data: shipped in the wheel
 
 
 @dataclass(frozen=True)
