@@ -129,10 +129,6 @@ class LatencyTable:
     def _latencies(self) -> dict[str, float]:
         return dict(zip(self.frame["key"], self.frame["latency_ms"]))
 
-    def latency_ms(self, part: Part) -> float:
-        """The measured median latency of one block."""
-        return self.raw_sum_ms([part])
-
     def raw_sum_ms(self, parts: Union[SubnetConfig, list[Part]]) -> float:
         """The sum of the blocks' medians (of a config's parts, or of a list of parts)."""
         if isinstance(parts, SubnetConfig):

@@ -68,7 +68,6 @@ def build_model(config: SubnetConfig, num_classes: Optional[int] = None, drop_pa
         "first_conv": "stem.conv1.conv", "classifier": ("head", "head_dist"),
     }
     model.default_cfg = model.pretrained_cfg
-    model.subnet_config = config
     return model
 
 

@@ -10,14 +10,14 @@ from search_spaces.config import BlockConfig, StageConfig, SubnetConfig
 from search_spaces.errors import InvalidInputError
 from search_spaces.space import get_space
 
-#: name -> (stem width, widths, per-stage expansions, vit_num, drop path of the recipe)
+#: name -> (stem width, widths, per-stage expansions, vit_num)
 TABLE_8 = {
-    "S0": (32, (32, 48, 96, 176), ((4,) * 2, (4,) * 2, (4, 3, 3, 3, 4, 4), (4, 3, 3, 4)), 2, 0.0),
-    "S1": (32, (32, 48, 120, 224), ((4,) * 3, (4,) * 3, (4, 4, 3, 3, 3, 3, 4, 4, 4), (4, 4, 3, 3, 4, 4)), 2, 0.0),
+    "S0": (32, (32, 48, 96, 176), ((4,) * 2, (4,) * 2, (4, 3, 3, 3, 4, 4), (4, 3, 3, 4)), 2),
+    "S1": (32, (32, 48, 120, 224), ((4,) * 3, (4,) * 3, (4, 4, 3, 3, 3, 3, 4, 4, 4), (4, 4, 3, 3, 4, 4)), 2),
     "S2": (32, (32, 64, 144, 288), ((4,) * 4, (4,) * 4, (4, 4, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4),
-                                    (4, 4, 3, 3, 3, 3, 4, 4)), 4, 0.02),
+                                    (4, 4, 3, 3, 3, 3, 4, 4)), 4),
     "L": (40, (40, 80, 192, 384), ((4,) * 5, (4,) * 5, (4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4),
-                                   (4, 4, 4, 3, 3, 3, 3, 4, 4, 4)), 6, 0.1),
+                                   (4, 4, 4, 3, 3, 3, 3, 4, 4, 4)), 6),
 }
 
 #: the paper's published figures (iPhone 12, Core ML): params (M), GMACs, latency (ms), top-1 at 300 epochs
@@ -35,7 +35,7 @@ TIMM_NAMES = {"S0": "efficientformerv2_s0", "S1": "efficientformerv2_s1",
 
 def _preset(name: str) -> SubnetConfig:
     space = get_space("efficientformerv2")
-    stem_width, widths, expansions, vit_num, _ = TABLE_8[name]
+    stem_width, widths, expansions, vit_num = TABLE_8[name]
     stages = []
     for index, (width, ratios) in enumerate(zip(widths, expansions)):
         depth = len(ratios)
@@ -59,12 +59,6 @@ def get_preset(name: str) -> SubnetConfig:
     if key not in PRESETS:
         raise InvalidInputError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
     return PRESETS[key]
-
-
-def preset_drop_path(name: str) -> float:
-    """The drop-path rate the paper trains preset ``name`` with."""
-    get_preset(name)  # validates the name
-    return TABLE_8[name.upper()][4]
 
 
 def resolve_config(text: str) -> SubnetConfig:

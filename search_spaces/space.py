@@ -191,10 +191,6 @@ class SearchSpace:
                                     f"{config.stages[0].width} (timm's stem outputs the first stage's width)")
         return config
 
-    def parse(self, data: Any, source: str = "config") -> SubnetConfig:
-        """A config from its dict form, validated against this space."""
-        return self.validate(SubnetConfig.from_dict(data, source))
-
     # -- moves of the search -----------------------------------------------------------
 
     def shrink_width(self, config: SubnetConfig, stage: int) -> Optional[SubnetConfig]:

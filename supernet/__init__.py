@@ -1,1 +1,1 @@
-"""supernet package (see DESIGN.md)."""
+"""The weight-sharing supernet: elastic layers, sandwich training, subnet extraction and evaluation, recipes."""

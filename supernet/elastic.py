@@ -62,7 +62,7 @@ def batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
 
     In training mode the running statistics of those channels are updated in place
     (they are views of ``bn``'s buffers); evaluation of a sub-network recalibrates
-    them anyway (:func:`supernet.bn.recalibrate_bn`).
+    them anyway (:func:`supernet.evaluate.recalibrate_bn`).
     """
     c = x.shape[1]
     use_batch_stats = bn.training or bn.running_mean is None

@@ -44,7 +44,7 @@ def test_full_space_covers_every_preset_and_l():
     space = get_space("efficientformerv2")
     assert space.resolution == 224
     largest = space.largest()
-    for name, (stem, widths, expansions, _, _) in TABLE_8.items():
+    for name, (stem, widths, expansions, _) in TABLE_8.items():
         for index, stage in enumerate(space.stages):
             assert widths[index] in stage.widths
             assert len(expansions[index]) <= stage.max_depth

@@ -1,6 +1,7 @@
 """A built wheel works as well as the editable install: installed outside the source tree, its
 `nas` trains on a shipped recipe by name."""
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -12,9 +13,11 @@ from conftest import ROOT
 
 
 def test_a_wheel_installed_elsewhere_trains_on_its_shipped_recipe(tmp_path):
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__"))
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "--wheel-dir", str(wheels), str(ROOT)], capture_output=True, text=True)
+                            "--wheel-dir", str(wheels), str(source)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("efficientformerv2_nas-*.whl")
     # a fresh environment whose dependencies are already present: this one's site-packages, after its own
