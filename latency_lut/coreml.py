@@ -39,7 +39,7 @@ from latency_lut.validation import fit_calibration, stratified_configs
 INPUT_NAME = "x"
 #: manifest rows of whole networks (calibration), keyed by their config key
 NETWORK_KIND = "network"
-#: SPEC section 7: 200+ timed calls per package
+#: docs/architecture.md §7: 200+ timed calls per package
 MIN_RUNS = 200
 
 
@@ -205,7 +205,7 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
         runs = pd.to_numeric(result["runs"], errors="coerce")
         if pd.isna(runs) or runs < min_runs:
             raise InvalidInputError(f"{where}: {result['runs']!r} timed runs for {key!r}; expected at least "
-                                    f"{min_runs} (SPEC section 7: 200+ timed calls)")
+                                    f"{min_runs} (the paper's protocol: 200+ timed calls)")
         for column in ("latency_median", "latency_p10", "latency_p90"):
             if not is_finite_positive(result[column]):
                 raise InvalidInputError(f"{where}: {column} {result[column]!r} for {key!r}; expected a "

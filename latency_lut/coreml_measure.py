@@ -7,7 +7,7 @@ not this project. Copy it next to the folder ``nas lut export-coreml`` wrote and
     python3 coreml_measure.py DIR/manifest.csv --out measurements.csv \\
         --compute-units CPU_AND_NE --warmup 30 --runs 200 --cooldown 0.5
 
-Protocol (SPEC section 7): every package is loaded (compiled) once with the chosen
+Protocol (docs/architecture.md §7): every package is loaded (compiled) once with the chosen
 compute units, called ``--warmup`` times untimed, then ``--runs`` times, each call timed
 alone with ``time.perf_counter``, at batch 1 and the fixed input shape of the manifest;
 the median and the 10th / 90th percentiles are written in milliseconds; the script

@@ -1,6 +1,6 @@
 """The profiling protocol and the measuring backends.
 
-Protocol (SPEC section 7, on the host): batch 1, a fixed input shape, a fixed thread
+Protocol (docs/architecture.md §7, on the host): batch 1, a fixed input shape, a fixed thread
 count, untimed warm-up calls, then timed calls, each timed alone, interleaved over a
 set of modules in several passes (:class:`Protocol`); the table keeps the median and the
 10th / 90th percentiles. A backend turns a module into a

@@ -1,4 +1,4 @@
-"""The Mobile Efficiency Score (SPEC section 2).
+"""The Mobile Efficiency Score (docs/architecture.md §2).
 
     MES = score * (params / params_unit) ** -alpha_size * (latency / latency_unit) ** -alpha_latency
 

@@ -3,7 +3,7 @@
 * parameters: analytic, the project's (deploy) convention;
 * latency: the latency table's calibrated prediction, in ms on the table's backend;
 * MES: :class:`nas.mes.MesSpec` with the table's MobileNetV2 latency as the latency
-  unit off Core ML (SPEC section 2; 1 ms for a Core ML table, the paper's unit);
+  unit off Core ML (docs/architecture.md §2; 1 ms for a Core ML table, the paper's unit);
 * accuracy: the supernet's subnet after BatchNorm recalibration, under one
   :class:`supernet.evaluate.EvalProtocol` (a slice of the held-out split): top-1, mean
   cross-entropy and KL divergence from the largest subnet, in one pass. The calibration

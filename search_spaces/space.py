@@ -3,7 +3,7 @@
 A :class:`SearchSpace` holds, per stage, the width choices, the number of
 supernet blocks (maximum depth), the minimum depth, the expansion-ratio choices
 and whether blocks may carry MHSA. The moves of the fine-grained search
-(SPEC section 4) are functions of configs: each returns a new config, or ``None``
+(docs/architecture.md §4) are functions of configs: each returns a new config, or ``None``
 when not applicable.
 
 Spaces are looked up by name: ``efficientformerv2`` (ImageNet scale, 224 px) and
@@ -31,7 +31,7 @@ STAGE_STRIDES = (4, 8, 16, 32)
 
 @dataclass(frozen=True)
 class AttentionSettings:
-    """Attention hyper-parameters, fixed whatever the width (SPEC section 1)."""
+    """Attention hyper-parameters, fixed whatever the width (docs/architecture.md §1)."""
 
     key_dim: int
     num_heads: int

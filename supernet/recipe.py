@@ -25,7 +25,7 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # package data: shipp
 
 @dataclass(frozen=True)
 class Recipe:
-    """Settings of a training run (SPEC section 6 for the paper's values)."""
+    """Settings of a training run (docs/architecture.md §6 for the paper's values)."""
 
     # what is trained, on what
     space: str = "efficientformerv2-tiny"

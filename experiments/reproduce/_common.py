@@ -1,6 +1,6 @@
 """What the proxy-scale reproductions (``experiments/reproduce/*.py``) share.
 
-Every script answers one claim of the supplement (SPEC section 5) on the tiny space and
+Every script answers one claim of the supplement (docs/architecture.md §5) on the tiny space and
 Fashion-MNIST, with the same pieces:
 
 * the **supernet and latency table** of ``nas quickstart`` (``--quickstart DIR``), reused
