@@ -84,8 +84,8 @@ def main() -> None:
             job = SearchJob(args.supernet, path, Path(args.out) / Path(path).stem, storage=default_storage(Path(args.out)),
                             alpha_latency=alpha_latency, alpha_size=alpha_size)
             result = job.run(job.default_family())
-            for label, (config, metrics) in result.selected.items():
-                picks.setdefault(label, []).append((alpha_latency, alpha_size, metrics))
+            for budget, (config, metrics) in result.selected.items():
+                picks.setdefault(budget.label, []).append((alpha_latency, alpha_size, metrics))
             print(f"  alpha_lat {alpha_latency}, alpha_size {alpha_size}: {result.measured} configs evaluated now")
         for label, rows in picks.items():
             latencies = [m.latency_ms for _, _, m in rows]

@@ -164,9 +164,9 @@ def main() -> None:
             front = search_front([m for m in evaluated if loosest.met(m)], args.criterion)
             fronts += [{"seed": seed, "algorithm": algorithm, "key": m.key, "mes": m.mes} for m in front]
             for budget in family:
-                if budget.label not in result.selected:
+                if budget not in result.selected:
                     continue
-                m = result.selected[budget.label][1]
+                m = result.selected[budget][1]
                 picked[(algorithm, budget.label)] = m
                 rows.append({"seed": seed, "budget": budget.label, "algorithm": algorithm, "pick": "selected",
                              "search_top1": m.accuracy, "mes": m.mes, "key": m.key})

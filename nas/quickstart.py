@@ -201,11 +201,11 @@ class Quickstart:
         started = self._stage("6/7 export")
         exports: dict[str, Path] = {}
         budget = result.budgets[0]
-        if budget.label not in result.selected:
+        if budget not in result.selected:
             self.echo(f"no config reached {budget.label}: nothing to export")
             return exports
-        config = result.selected[budget.label][0]
-        config_file = self.search_dir / f"{result.algorithm}-{budget.label}.yaml"
+        config = result.selected[budget][0]
+        config_file = self.search_dir / f"{result.config_name(budget)}.yaml"
         model = None
         reused = True
         for fmt in EXPORT_FORMATS:
@@ -247,7 +247,7 @@ class Quickstart:
             shutil.copyfile(path, trajectories_dir / path.name)
         frame = load_results(self.search_dir)
         trajectories = load_trajectories(self.search_dir)
-        trajectories = trajectories[trajectories["search"].str.endswith("-family")]
+        trajectories = trajectories[trajectories["search"].str.contains("-family-", regex=False)]
         figures = {
             "pareto.png": ("accuracy against MES, latency and parameters: every evaluated config (dots) and "
                            "each algorithm's Pareto front (lines), with the fine-grained search's trajectory",
@@ -297,17 +297,17 @@ class Quickstart:
                  "|---|---|---|---|---|---|---|"]
         for budget in family:
             for algorithm, result in results.items():
-                if budget.label in result.selected:
-                    m = result.selected[budget.label][1]
+                if budget in result.selected:
+                    m = result.selected[budget][1]
                     lines.append(f"| {budget.label} | {algorithm} | {m.accuracy:.2f} | {m.params / 1e6:.3f} | "
                                  f"{m.latency_ms:.3f} | {m.mes:.1f} | `{m.key}` |")
         budget = params_result.budgets[0]
         lines += ["", f"## The `--params {budget.value / 1e6:.3g}M` search", ""]
-        if budget.label in params_result.selected:
-            m = params_result.selected[budget.label][1]
+        if budget in params_result.selected:
+            m = params_result.selected[budget][1]
             lines.append(f"Selected `{m.key}`: top-1 {m.accuracy:.2f}%, {m.params / 1e6:.3f} M params, "
                          f"{m.latency_ms:.3f} ms predicted, MES {m.mes:.1f}. Config: "
-                         f"`configs/fine-grained-{budget.label}.yaml`.")
+                         f"`configs/{params_result.config_name(budget)}.yaml`.")
         else:
             lines.append(f"No config reached {budget.label}.")
         if exports:

@@ -1,9 +1,10 @@
 """Search outputs on disk, and reading result stores back for analysis.
 
-Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget, ``NAME`` the
-search's name: ``ALGO-LABEL`` for one budget, ``ALGO-family`` for several):
+Per search, in its output folder (``ALGO`` is the algorithm, ``LABEL`` a budget, ``DIGEST`` the
+study's hash of the search's arguments, ``NAME`` the search's name: ``ALGO-LABEL-DIGEST`` for one
+budget, ``ALGO-family-DIGEST`` for several; so searches of one folder never share a file):
 
-* ``ALGO-LABEL.yaml``: the config selected at each budget reached;
+* ``ALGO-LABEL-DIGEST.yaml``: the config selected at each budget reached;
 * ``NAME-trajectory.csv``: step, move, accuracy (top-1), loss, kl, params, latency_ms, mes, utility
   (the criterion's drop per MES gain), key;
 * ``NAME-summary.md``: budgets, selected configs and their metrics, evaluations, wall time;
@@ -28,8 +29,8 @@ TRAJECTORY_COLUMNS = ["step", "move", "accuracy", "loss", "kl", "params", "laten
 def selected_frame(result: SearchResult) -> pd.DataFrame:
     rows = []
     for budget in result.budgets:
-        if budget.label in result.selected:
-            config, metrics = result.selected[budget.label]
+        if budget in result.selected:
+            config, metrics = result.selected[budget]
             rows.append({"budget": budget.label, **metrics.as_dict()})
     return pd.DataFrame(rows, columns=["budget", "key", "accuracy", "params", "latency_ms", "mes"])
 
@@ -38,8 +39,8 @@ def write_search_outputs(result: SearchResult, out: Path, command: str = "") -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for label, (config, _) in result.selected.items():
-        written.append(save_config(config, out / f"{result.algorithm}-{label}.yaml"))
+    for budget, (config, _) in result.selected.items():
+        written.append(save_config(config, out / f"{result.config_name(budget)}.yaml"))
     trajectory = out / f"{result.name}-trajectory.csv"
     with atomic_path(trajectory) as tmp:
         pd.DataFrame(result.trajectory, columns=TRAJECTORY_COLUMNS).to_csv(tmp, index=False)
@@ -57,7 +58,7 @@ def summary_markdown(result: SearchResult, command: str = "") -> str:
         lines += [f"Command: `{command}`", ""]
     lines += [f"Budgets: {', '.join(b.label for b in result.budgets)}",
               f"Configs evaluated: {result.evaluations}; wall time {result.seconds:.1f} s", ""]
-    missed = [b.label for b in result.budgets if b.label not in result.selected]
+    missed = [b.label for b in result.budgets if b not in result.selected]
     if missed:
         lines += [f"Budgets not reached: {', '.join(missed)}", ""]
     lines += ["| budget | top-1 (%) | params (M) | latency (ms) | MES | config |", "|---|---|---|---|---|---|"]

@@ -130,6 +130,11 @@ def default_family(space: SearchSpace) -> list[Budget]:
 
 def check_budgets(objectives: Objectives, budgets: Sequence[Budget]) -> list[Budget]:
     """Budgets sorted loosest first; one below the smallest config is refused before any work."""
+    labels = [budget.label for budget in budgets]
+    alike = [label for label in labels if labels.count(label) > 1]
+    if alike:  # the label names the budget's output file
+        raise InvalidInputError(f"budget {alike[0]} is given twice (or two budgets agree to 3 digits); expected "
+                                "distinct budgets")
     smallest = objectives.costs(objectives.space.smallest())
     for budget in budgets:
         if not budget.met(smallest):
@@ -193,7 +198,7 @@ class Evaluator:
 class SearchResult:
     algorithm: str
     budgets: list[Budget]
-    selected: dict[str, tuple[SubnetConfig, Metrics]] = field(default_factory=dict)  # budget label -> best
+    selected: dict[Budget, tuple[SubnetConfig, Metrics]] = field(default_factory=dict)  # budget -> best
     trajectory: list[dict] = field(default_factory=list)
     evaluations: int = 0  # distinct configs of the search (stored ones included)
     seconds: float = 0.0
@@ -203,8 +208,16 @@ class SearchResult:
 
     @property
     def name(self) -> str:
-        """``ALGO-LABEL`` for one budget, ``ALGO-family`` for several: names the search's output files."""
-        return f"{self.algorithm}-{self.budgets[0].label if len(self.budgets) == 1 else 'family'}"
+        """``ALGO-LABEL-DIGEST`` for one budget, ``ALGO-family-DIGEST`` for several, ``DIGEST`` naming the study
+        (its arguments): names the search's output files, so two searches of one folder never share one."""
+        part = self.budgets[0].label if len(self.budgets) == 1 else "family"
+        digest = self.study.rsplit("-", 1)[-1] if self.study else ""
+        return f"{self.algorithm}-{part}" + (f"-{digest}" if digest else "")
+
+    def config_name(self, budget: Budget) -> str:
+        """``ALGO-LABEL-DIGEST``: the file name (without suffix) of the config selected at ``budget``."""
+        digest = self.study.rsplit("-", 1)[-1] if self.study else ""
+        return f"{self.algorithm}-{budget.label}" + (f"-{digest}" if digest else "")
 
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
@@ -226,7 +239,7 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
                   progress: Optional[Callable[[str], None]] = None, criterion: str = "top1",
                   recheck: Optional[tuple[Evaluator, int]] = None) -> tuple[list[dict], dict]:
     """Slim from ``start`` (the largest config) one move at a time by least drop of ``criterion``
-    per MES gain until every budget is met. Returns the trajectory and budget label -> (config, metrics).
+    per MES gain until every budget is met. Returns the trajectory and budget -> (config, metrics).
 
     ``recheck = (evaluator, k)``: the ``k`` best moves of a step are scored again by a second
     evaluator (another slice of images) and re-ranked by their mean drop over both before the
@@ -235,13 +248,13 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
     state = start or space.largest()
     current = evaluate(state)
     trajectory = [_row(0, "start", current, None)]
-    selected: dict[str, tuple[SubnetConfig, Metrics]] = {}
+    selected: dict[Budget, tuple[SubnetConfig, Metrics]] = {}
     pending = list(budgets)
 
     def record_crossings() -> None:
         for budget in list(pending):
             if budget.met(current):
-                selected[budget.label] = (state, current)
+                selected[budget] = (state, current)
                 pending.remove(budget)
 
     record_crossings()
@@ -332,7 +345,7 @@ def best_per_budget(evaluated: Sequence[tuple[SubnetConfig, Metrics]], budgets: 
     for budget in budgets:
         feasible = [(c, m) for c, m in evaluated if budget.met(m)]
         if feasible:  # the best by the criterion, then highest MES, then key: deterministic
-            selected[budget.label] = max(feasible, key=lambda cm: (cm[1].score(criterion), cm[1].mes, cm[1].key))
+            selected[budget] = max(feasible, key=lambda cm: (cm[1].score(criterion), cm[1].mes, cm[1].key))
     return selected
 
 
@@ -497,14 +510,14 @@ def _v1_scale_prune(space, evaluate, budgets, supernet, progress, criterion):
     trajectory, reached = greedy_search(space, evaluate, loose, V1_MOVES, progress=progress, criterion=criterion)
     selected = {}
     for budget, loose_budget in zip(budgets, loose):
-        if loose_budget.label not in reached:
+        if loose_budget not in reached:
             continue
-        config = reached[loose_budget.label][0]
+        config = reached[loose_budget][0]
         pruned = prune_expansions(space, config, scores, budget, evaluate.objectives.costs)
         if not budget.met(evaluate.objectives.costs(pruned)):  # pruning alone cannot get there
             _, more = greedy_search(space, evaluate, [budget], V1_MOVES, start=pruned, criterion=criterion)
-            pruned = more[budget.label][0] if budget.label in more else pruned
+            pruned = more[budget][0] if budget in more else pruned
         metrics = evaluate(pruned)
         trajectory.append(_row(len(trajectory), f"prune to {budget.label}", metrics, None))
-        selected[budget.label] = (pruned, metrics)
+        selected[budget] = (pruned, metrics)
     return trajectory, selected

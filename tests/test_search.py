@@ -50,7 +50,7 @@ def test_greedy_takes_the_least_accuracy_drop_per_mes_gain(table):
     budget = Budget("params", count_params(space.largest()) * 0.7)
     evaluate = Evaluator(objectives, None, "fine-grained")
     trajectory, selected = greedy_search(space, evaluate, [budget])
-    assert budget.met(selected[budget.label][1])
+    assert budget.met(selected[budget][1])
     # every step took the argmin of dAcc / dMES over the moves of the state before it
     state = space.largest()
     for row in trajectory[1:]:
@@ -94,10 +94,10 @@ def test_family_is_one_trajectory_recording_each_crossing(table):
     assert [b.kind for b in family] == ["params"] * 4
     assert [b.value for b in family] == sorted((b.value for b in family), reverse=True)
     trajectory, selected = greedy_search(space, Evaluator(objectives, None, "fine-grained"), family)
-    assert set(selected) == {b.label for b in family}
+    assert set(selected) == set(family)
     keys = [row["key"] for row in trajectory]
     for budget in family:
-        config, metrics = selected[budget.label]
+        config, metrics = selected[budget]
         index = keys.index(config.key)
         assert budget.met(metrics) and not budget.met(
             (trajectory[index - 1]["params"], trajectory[index - 1]["latency_ms"], trajectory[index - 1]["mes"]))
@@ -110,7 +110,7 @@ def test_v1_moves_keep_expansions_and_pruning_decides_them(table, tiny_supernet_
     objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
     budget = Budget("params", count_params(space.largest()) * 0.5)
     trajectory, selected = greedy_search(space, Evaluator(objectives, None, "v1-scale"), [budget], V1_MOVES)
-    config = selected[budget.label][0]
+    config = selected[budget][0]
     assert {b.expansion for s in config.stages for _, b in s.kept} == {4}
     assert all(row["move"].split()[0] in V1_MOVES for row in trajectory[1:])
     supernet, _ = load_supernet(tiny_supernet_run)
@@ -134,18 +134,19 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     first = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
     assert first.returncode == 0, first.stderr
     label = f"params-{float(budget[:-1]):.3g}M"
-    assert (out / f"fine-grained-{label}.yaml").exists()
-    trajectory = pd.read_csv(out / f"fine-grained-{label}-trajectory.csv")
-    assert list(trajectory.columns) == ["step", "move", "accuracy", "loss", "kl", "params", "latency_ms", "mes",
-                                        "utility", "key"]
-    assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6
-    summary = (out / f"fine-grained-{label}-summary.md").read_text()
-    assert "| budget | top-1 (%)" in summary and "Configs evaluated:" in summary
-    # the store: one trial per evaluated config, with metrics and key as attributes
     import optuna
 
     summaries = optuna.study.get_all_study_summaries(store.default_storage(out))
     assert len(summaries) == 1
+    name = f"fine-grained-{label}-{summaries[0].study_name.rsplit('-', 1)[1]}"  # ALGO-LABEL-DIGEST of the study
+    assert (out / f"{name}.yaml").exists()
+    trajectory = pd.read_csv(out / f"{name}-trajectory.csv")
+    assert list(trajectory.columns) == ["step", "move", "accuracy", "loss", "kl", "params", "latency_ms", "mes",
+                                        "utility", "key"]
+    assert trajectory["params"].iloc[-1] <= float(budget[:-1]) * 1e6
+    summary = (out / f"{name}-summary.md").read_text()
+    assert "| budget | top-1 (%)" in summary and "Configs evaluated:" in summary
+    # the store: one trial per evaluated config, with metrics and key as attributes
     study = store.open_study(store.default_storage(out), summaries[0].study_name)
     frame = study.trials_dataframe()
     assert {"user_attrs_key", "user_attrs_accuracy", "user_attrs_loss", "user_attrs_kl", "user_attrs_mes",
@@ -157,7 +158,7 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     second = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
     assert second.returncode == 0, second.stderr
     assert len(study.trials) == evaluated
-    assert pd.read_csv(out / f"fine-grained-{label}-trajectory.csv").equals(trajectory)
+    assert pd.read_csv(out / f"{name}-trajectory.csv").equals(trajectory)
     assert f"{evaluated} configs, 0 of them evaluated now" in second.stdout
     # another search in the same folder, over the same supernet and table: a looser budget's trajectory
     # is a prefix of the first one, so it is a new study whose configs all come from the first
@@ -196,7 +197,7 @@ def test_interrupted_search_resumes_from_the_store(table, accuracy, tmp_path):
     original = objectives.accuracy
     objectives.accuracy = lambda config: calls.append(config.key) or original(config)
     result = run_search(objectives, [budget], "fine-grained", storage, arguments)
-    assert budget.label in result.selected
+    assert budget in result.selected
     stored_keys = set(store.stored_metrics(study))
     assert len(calls) == len(set(calls))  # nothing evaluated twice
     assert not set(calls) & stored_before  # what the store held was not evaluated again
@@ -213,7 +214,7 @@ def test_baselines_through_the_cli(algorithm, tiny_supernet_run, tiny_lut, tmp_p
     assert result.returncode == 0, result.stderr
     config_files = list(out.glob(f"{algorithm}-params-*.yaml"))
     assert len(config_files) == 1
-    trajectory = config_files[0].with_name(f"{config_files[0].stem}-trajectory.csv")  # ALGO-LABEL: the search
+    trajectory = config_files[0].with_name(f"{config_files[0].stem}-trajectory.csv")  # ALGO-LABEL-DIGEST
     frame = pd.read_csv(trajectory)
     assert (frame["params"].min() <= float(budget[:-1]) * 1e6)
     if algorithm in ("random", "nsga2", "tpe"):
@@ -391,3 +392,22 @@ def test_several_processes_starting_at_once_on_a_new_store(tmp_path):
     assert not failures, failures[0][-1500:]
     assert {s.study_name for s in __import__("optuna").study.get_all_study_summaries(
         store.default_storage(tmp_path))} == {"study-0", "study-1", "study-2"}
+
+
+def test_two_searches_of_one_folder_keep_their_own_files(tiny_supernet_run, tiny_lut, tmp_path):
+    """Two alpha settings into one folder: each search's config, trajectory and summary survive the other's,
+    and the store and `nas results show` hold both."""
+    budget = f"{count_params(get_space('efficientformerv2-tiny@32').largest()) * 0.9 / 1e6:.3f}M"
+    out = tmp_path / "sweep"
+    for alpha_size in ("0.5", "1.0"):
+        result = _search(tiny_supernet_run, tiny_lut, out, "--params", budget, "--alpha-size", alpha_size)
+        assert result.returncode == 0, result.stderr
+    assert len(list(out.glob("fine-grained-params-*-trajectory.csv"))) == 2
+    assert len(list(out.glob("fine-grained-params-*-summary.md"))) == 2
+    configs = [p for p in out.glob("fine-grained-params-*.yaml")]
+    assert len(configs) == 2
+    shown = run_nas("results", "show", out)
+    assert shown.returncode == 0 and shown.stdout.count("Pareto configs of") == 2
+    # budgets that would share a file name are refused
+    twice = _search(tiny_supernet_run, tiny_lut, out, "--family", "0.5001M,0.5002M")
+    assert twice.returncode == 2 and "params-0.5M is given twice" in twice.stderr

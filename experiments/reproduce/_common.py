@@ -428,7 +428,7 @@ def family_and_random(rep: Reproduction, count: int) -> tuple[list[tuple[str, Su
     ``count`` random configs spread evenly over the family's latency range (seeded)."""
     job = rep.job()
     result = rep.search(job.default_family())
-    family = [(label, selected[0]) for label, selected in result.selected.items()]
+    family = [(budget.label, selected[0]) for budget, selected in result.selected.items()]
     latencies = [rep.costs(config)["latency_ms"] for _, config in family]
     randoms = spread_configs(job.space, lambda c: rep.costs(c)["latency_ms"], count, min(latencies), max(latencies),
                              rep.args.seed)

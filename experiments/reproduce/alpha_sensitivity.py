@@ -28,7 +28,7 @@ def main() -> None:
     rows = []
     for alpha_latency, alpha_size in SETTINGS:
         result = rep.search([budget], "fine-grained", alpha_latency, alpha_size)
-        config, metrics = result.selected[budget.label]
+        config, metrics = result.selected[budget]
         paper_ms, paper_top1 = PAPER_ROWS[(alpha_latency, alpha_size)]
         rows.append({"alpha_latency": alpha_latency, "alpha_size": alpha_size,
                      **rep.costs(config, alpha_latency, alpha_size), "search_top1": metrics.accuracy,

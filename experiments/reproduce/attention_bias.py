@@ -34,7 +34,7 @@ def main() -> None:
     args = p.parse_args()
     rep = Reproduction("attention_bias", args)
     budget = rep.params_budget()
-    config = with_mhsa(rep.search([budget]).selected[budget.label][0])
+    config = with_mhsa(rep.search([budget]).selected[budget][0])
     variants = {"Y": config, "N": replace(config, space=without_attention_bias(config.space))}
     seeds = rep.seeds(args.seeds)
     rows = [{"attention_bias": bias, "space": variant.space, "params": count_params(variant),

@@ -67,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     rep = Reproduction("expansion", args)
     budget = rep.params_budget()
-    base = rep.search([budget]).selected[budget.label][0]
+    base = rep.search([budget]).selected[budget][0]
     variants = equal_params_variants(rep.job().space, base, lambda c: rep.costs(c)["latency_ms"], args.tolerance,
                                      args.latency_spread)
     seeds = rep.seeds(args.seeds)

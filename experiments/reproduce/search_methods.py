@@ -28,7 +28,7 @@ def main() -> None:
     rows = []
     for algorithm in ALGORITHMS:
         result = rep.search([budget], algorithm)
-        config, metrics = result.selected[budget.label]
+        config, metrics = result.selected[budget]
         rows.append({"algorithm": algorithm, **rep.costs(config), "search_top1": metrics.accuracy,
                      "supernet_val_top1": rep.supernet_top1(config), **rep.scratch_seeds(config, args.seeds),
                      "evaluations": result.evaluations,
