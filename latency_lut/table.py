@@ -247,8 +247,7 @@ class LatencyTable:
             raise InvalidInputError(f"{where}: metadata threads {threads!r}; expected 0 or a positive integer")
         frame = frame[list(COLUMNS)]
         for column in _FLOAT_COLUMNS + ("runs",):  # name the first bad block, not a pandas error
-            values = pd.to_numeric(frame[column], errors="coerce")
-            bad = ~(values.apply(lambda v: math.isfinite(v) and v > 0))
+            bad = ~frame[column].map(is_finite_positive).astype(bool)
             if bad.any():
                 row = frame[bad].iloc[0]
                 expected = "a positive number of runs" if column == "runs" else "a positive number of milliseconds"

@@ -210,14 +210,15 @@ class SearchResult:
     def name(self) -> str:
         """``ALGO-LABEL-DIGEST`` for one budget, ``ALGO-family-DIGEST`` for several, ``DIGEST`` naming the study
         (its arguments): names the search's output files, so two searches of one folder never share one."""
-        part = self.budgets[0].label if len(self.budgets) == 1 else "family"
-        digest = self.study.rsplit("-", 1)[-1] if self.study else ""
-        return f"{self.algorithm}-{part}" + (f"-{digest}" if digest else "")
+        return self._file_name(self.budgets[0].label if len(self.budgets) == 1 else "family")
 
     def config_name(self, budget: Budget) -> str:
         """``ALGO-LABEL-DIGEST``: the file name (without suffix) of the config selected at ``budget``."""
-        digest = self.study.rsplit("-", 1)[-1] if self.study else ""
-        return f"{self.algorithm}-{budget.label}" + (f"-{digest}" if digest else "")
+        return self._file_name(budget.label)
+
+    def _file_name(self, part: str) -> str:
+        digest = self.study.rsplit("-", 1)[-1] if self.study else ""  # the study is ALGO-DIGEST
+        return f"{self.algorithm}-{part}" + (f"-{digest}" if digest else "")
 
 
 def _row(step: int, move: str, metrics: Metrics, utility: Optional[float]) -> dict:
