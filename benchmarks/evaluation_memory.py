@@ -1,6 +1,6 @@
 """Cost of one search evaluation (BatchNorm recalibration + top-1 of a config from the supernet) with
 glibc's default allocator settings and with freed memory kept for reuse (what
-``nas.objectives.SupernetAccuracy`` now does). The setting is process-wide, so each variant runs in
+``search_spaces.runtime.configure_process`` sets for every program of the project). The setting is process-wide, so each variant runs in
 its own process; the two alternate ``--repeats`` times and the medians are printed.
 
     python benchmarks/evaluation_memory.py --supernet runs/quickstart/supernet [--configs 30] [--repeats 2]
@@ -18,11 +18,9 @@ def child(supernet: str, configs: int, keep: bool) -> None:
     import random
 
     import nas.objectives as objectives
+    from search_spaces.runtime import configure_process
 
-    if not keep:  # the evaluator's own call becomes a no-op: glibc's defaults stay
-        import latency_lut.profiling as profiling
-
-        profiling.keep_freed_memory = lambda: False
+    configure_process(keep_memory=keep)  # keep=False: glibc's defaults stay
     accuracy = objectives.SupernetAccuracy(supernet, objectives.SEARCH_PROTOCOL)
     rng = random.Random(0)
     sample = [accuracy.space.sample(rng) for _ in range(configs + 1)]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from latency_lut.profiling import keep_freed_memory
-from nas.pipeline import SEARCH_PROTOCOL
-from supernet.evaluate import SubnetScorer, flush_denormals
-from supernet.train import load_supernet
+from nas.search_job import SEARCH_PROTOCOL
+from search_spaces.runtime import configure_process
+from supernet.evaluate import SubnetScorer
+from supernet.checkpoint import load_supernet
 
 
 def step_seconds(scorer: SubnetScorer, state, reuse: bool) -> tuple[float, list]:
@@ -38,8 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[SEARCH_PROTOCOL.images, 1000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    flush_denormals()
-    keep_freed_memory()
+    configure_process()
     supernet, recipe = load_supernet(Path(args.supernet))
     space = supernet.space
     states = {"largest": space.largest()}

@@ -22,6 +22,7 @@ import numpy as np
 
 from latency_lut import LatencyTable
 from search_spaces import count_params, get_space
+from search_spaces.runtime import configure_process
 
 ALPHAS = ((1.0, 0.5), (1.0, 1.0), (0.5, 1.0))
 
@@ -74,7 +75,7 @@ def main() -> None:
               f"{with_params:.2f} from depth and params\n")
     if not args.supernet:
         return
-    from nas.pipeline import SearchJob
+    from nas.search_job import SearchJob
     from nas.store import default_storage
 
     for path in args.tables:
@@ -97,4 +98,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     main()

@@ -31,6 +31,7 @@ from latency_lut import Backend, LatencyTable, Protocol, build_table, validate_t
 from latency_lut.profiling import cpu_name  # noqa: E402
 from latency_lut.validation import measure_networks  # noqa: E402
 from search_spaces import SubnetConfig  # noqa: E402
+from search_spaces.runtime import configure_process  # noqa: E402
 
 
 def load() -> str:
@@ -102,4 +103,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     main()

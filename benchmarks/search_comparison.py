@@ -37,9 +37,10 @@ import pandas as pd
 
 from latency_lut import LatencyTable
 from nas import store
-from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL, SearchJob
+from nas.search_job import DEFAULT_CRITERION, SEARCH_PROTOCOL, SearchJob
 from nas.search import ALGORITHMS, check_criterion
 from search_spaces import InvalidInputError, SubnetConfig
+from search_spaces.runtime import configure_process
 from supernet.evaluate import SubnetScorer
 from supernet.protocol import EvalProtocol
 
@@ -68,7 +69,7 @@ class Judge:
     """Scores on images no search saw, cached by (judge, config key) in a CSV."""
 
     def __init__(self, supernet_run: str, protocols: dict[str, EvalProtocol], cache: Path) -> None:
-        from supernet.train import load_supernet
+        from supernet.checkpoint import load_supernet
 
         self.supernet, self.recipe = load_supernet(Path(supernet_run))
         self.protocols, self.cache_path = protocols, cache
@@ -261,6 +262,7 @@ def combined_report(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     try:
         main()
     except InvalidInputError as error:

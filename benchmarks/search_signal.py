@@ -37,12 +37,13 @@ import numpy as np
 from latency_lut import LatencyTable
 from latency_lut.validation import kendall_tau
 from nas.objectives import Objectives
-from nas.pipeline import SEARCH_PROTOCOL, SearchJob
+from nas.search_job import SEARCH_PROTOCOL, SearchJob
 from nas.search import _rank
 from search_spaces import SubnetConfig
-from supernet.evaluate import SubnetScorer, flush_denormals
+from search_spaces.runtime import configure_process
+from supernet.evaluate import SubnetScorer
 from supernet.protocol import EvalProtocol
-from supernet.train import load_supernet
+from supernet.checkpoint import load_supernet
 
 CRITERIA = ("top1", "loss", "kl", "kl-state")
 
@@ -148,7 +149,7 @@ def main() -> None:
                              "batches, against --bn-batches (0: skip)")
     parser.add_argument("--out", default=None, help="CSV of the figures (default: print only)")
     args = parser.parse_args()
-    flush_denormals()
+    configure_process()
     echo = lambda line: print(line, flush=True)  # noqa: E731
     # the trajectory: the plain fine-grained family search, top-1 on held-out images 0-500
     job = SearchJob(args.supernet, args.lut, args.work, protocol=SEARCH_PROTOCOL.replace(bn_batches=args.bn_batches))

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from search_spaces.runtime import configure_process
 from supernet.extract import extract
 from supernet.supernet import Supernet
 from supernet.train import sandwich_configs, sandwich_step, soft_cross_entropy
@@ -99,4 +100,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     main()

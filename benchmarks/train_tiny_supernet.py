@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 from search_spaces import get_space
+from search_spaces.runtime import configure_process
 from supernet.recipe import load_recipe
-from supernet.train import evaluate_config, train_supernet
+from supernet.evaluate import evaluate_config
+from supernet.train import train_supernet
 
 
 def main() -> None:
@@ -40,4 +42,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_process()
     main()

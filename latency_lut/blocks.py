@@ -18,13 +18,11 @@ import torch
 from torch import nn
 
 from search_spaces import InvalidInputError, Part, SearchSpace, get_space
-from search_spaces._torchvision_fix import ensure_torchvision
 
-ensure_torchvision()
+from search_spaces.model import attention, downsample_attention  # the project's first timm import
+
 from timm.layers import LayerScale2d  # noqa: E402
 from timm.models.efficientformer_v2 import Downsample, EfficientFormerV2Block, Stem4  # noqa: E402
-
-from search_spaces.model import attention, downsample_attention  # noqa: E402
 
 #: timm's LayerScale init; its value does not change the latency
 LAYER_SCALE_INIT = 1e-5

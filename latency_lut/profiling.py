@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from search_spaces import InvalidInputError
+from search_spaces.runtime import check_configured
 
 BACKENDS = ("torch-cpu", "onnxruntime", "torch-cuda")
 #: the ONNX opset of exported blocks (Attention2d's bilinear upsample needs >= 11)
@@ -115,29 +116,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def keep_freed_memory() -> bool:
-    """Have glibc keep freed memory for reuse instead of returning it to the system.
-
-    By default glibc serves allocations above 128 KB with fresh ``mmap`` pages and
-    returns them on free, so every call of a block with large activations pays page
-    faults whose cost depends on what ran before (its threshold adapts to past frees).
-    Here that made some stage-1 FFN blocks at 224 px 2-4x slower alone (``ffn_c40_r56_e4``:
-    p10 9.8 ms, 2.3 ms with memory kept) and non-monotonic in their width. With both
-    thresholds high, blocks and networks reuse memory as a runtime with a memory plan does.
-    A process-wide setting, applied where torch measures and where the search evaluates
-    many configs (:class:`nas.objectives.SupernetAccuracy`); returns whether it applied
-    (glibc only).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    limit = 1 << 30
-    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
-
-
 @dataclass(frozen=True)
 class Backend:
     """A measuring backend: its name and thread count (``threads`` is CPU intra-op threads)."""
@@ -157,10 +135,11 @@ class Backend:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Where measurements run: torch's thread count fixed for the whole session, freed
-        memory kept for reuse (torch backends; ONNX Runtime has its own arena)."""
+        """Where measurements run: torch's thread count fixed for the whole session. The torch
+        backends expect the process settings of :func:`search_spaces.runtime.configure_process`
+        (freed memory kept for reuse; ONNX Runtime has its own arena)."""
         if self.name != "onnxruntime":
-            keep_freed_memory()
+            check_configured("latency measurement")
         with torch_threads(self.threads), torch.no_grad():
             yield
 
@@ -238,6 +217,7 @@ def cpu_name() -> str:
 
 def library_versions(backend: str) -> str:
     """``torch X; timm Y[; onnxruntime Z]``: the libraries a measurement ran on."""
+    import search_spaces.model  # noqa: F401  (the project's first timm import: it repairs torchvision)
     import timm
 
     versions = [f"torch {torch.__version__}", f"timm {timm.__version__}"]
@@ -252,9 +232,7 @@ def library_versions(backend: str) -> str:
 
 def reference_model(name: str = "mobilenetv2_100") -> nn.Module:
     """timm's MobileNetV2-1.0 with random weights (never downloads): MES's latency unit."""
-    from search_spaces._torchvision_fix import ensure_torchvision
-
-    ensure_torchvision()
+    import search_spaces.model  # noqa: F401  (the project's first timm import: it repairs torchvision)
     import timm
 
     return timm.create_model(name, pretrained=False).eval()

@@ -192,10 +192,7 @@ def write_report(report: ValidationReport, csv_path: Union[str, Path], png_path:
 
 
 def _scatter(report: ValidationReport):
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # without pyplot: no display, the caller's backend untouched
 
     frame = report.frame
     figure = Figure(figsize=(6, 5.5))

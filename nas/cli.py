@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -155,25 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     space = commands.add_parser("space", help="inspect search spaces and presets")
     space_commands = space.add_subparsers(dest="space_command", metavar="SUBCOMMAND", required=True)
     p = space_commands.add_parser("presets", help="S0, S1, S2, L: params, MACs, MES at the paper's latency")
-    p.set_defaults(handler=cmd_space_presets)
+    p.set_defaults(handler=cmd_space_presets, torch=False)
     p = space_commands.add_parser("show", help="the choices of a space")
     p.add_argument("--space", default="efficientformerv2", help=f"one of {', '.join(list_spaces())} "
                    "(NAME@RESOLUTION for another input size); default: efficientformerv2")
-    p.set_defaults(handler=cmd_space_show)
+    p.set_defaults(handler=cmd_space_show, torch=False)
     p = space_commands.add_parser("sample", help="random configs of a space, as YAML documents")
     p.add_argument("--space", default="efficientformerv2")
     p.add_argument("-n", type=int, default=5, help="number of configs (default 5)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=cmd_space_sample)
+    p.set_defaults(handler=cmd_space_sample, torch=False)
     p = space_commands.add_parser("validate", help="check every config of a YAML/JSON file against its space")
     p.add_argument("file")
-    p.set_defaults(handler=cmd_space_validate)
+    p.set_defaults(handler=cmd_space_validate, torch=False)
 
     model = commands.add_parser("model", help="inspect a network")
     model_commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     p = model_commands.add_parser("summary", help="params, MACs and parts of a config file or preset")
     p.add_argument("config", metavar="FILE_OR_PRESET")
-    p.set_defaults(handler=cmd_model_summary)
+    p.set_defaults(handler=cmd_model_summary, torch=False)
 
     from nas import lut_commands, pipeline_commands, search_commands, train_commands
 
@@ -185,8 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_negative_values(argv))
+    args.command_line = "nas " + shlex.join(argv)  # what the user typed, for the outputs that record it
     try:
+        if getattr(args, "torch", True):  # commands that only read files (torch=False) start faster without
+            from search_spaces.runtime import configure_process
+
+            configure_process()  # the process's settings: here, and nowhere in the library
         return args.handler(args) or 0
     except NasError as error:
         print(f"nas: error: {error}", file=sys.stderr)

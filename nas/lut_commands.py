@@ -6,9 +6,12 @@ commands to the top-level subparsers of :func:`nas.cli.build_parser`.
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from search_spaces import get_space, list_spaces
+
+from nas import nas_command
 
 BACKEND_CHOICES = ("torch-cpu", "onnxruntime", "torch-cuda")
 
@@ -77,9 +80,10 @@ def cmd_lut_export_coreml(args: argparse.Namespace) -> None:
 
     manifest = export_coreml(args.space, args.out, include_reference=True, networks=args.networks, seed=args.seed,
                              progress=not args.quiet)
-    print(f"wrote {manifest}; measure on a Mac with: python3 coreml_measure.py {manifest} --out measurements.csv "
-          "(latency_lut/coreml_measure.py), then: nas lut import --manifest "
-          f"{manifest} --measurements measurements.csv --out TABLE.parquet")
+    print(f"wrote {manifest}; measure on a Mac with: python3 coreml_measure.py {shlex.quote(str(manifest))} --out "
+          "measurements.csv (latency_lut/coreml_measure.py), then: "
+          + nas_command("lut", "import", "--manifest", manifest, "--measurements", "measurements.csv", "--out",
+                        "TABLE.parquet"))
 
 
 def cmd_lut_import(args: argparse.Namespace) -> None:
@@ -121,7 +125,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     lut_commands = lut.add_subparsers(dest="lut_command", metavar="SUBCOMMAND", required=True)
     p = lut_commands.add_parser("show", help="context, calibration and per-kind latencies of a table")
     p.add_argument("file")
-    p.set_defaults(handler=cmd_lut_show)
+    p.set_defaults(handler=cmd_lut_show, torch=False)
 
     p = lut_commands.add_parser("validate", help="calibrate and validate a table against measured networks")
     p.add_argument("file")

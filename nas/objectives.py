@@ -68,15 +68,11 @@ class SupernetAccuracy:
     def __init__(self, supernet_run: Path, protocol: EvalProtocol = SEARCH_PROTOCOL,
                  data_dir: Optional[str] = None, loaded: Optional[tuple] = None) -> None:
         """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
-        from latency_lut.profiling import keep_freed_memory
-        from supernet.evaluate import SubnetScorer, flush_denormals
-        from supernet.train import load_supernet
+        from search_spaces.runtime import check_configured
+        from supernet.evaluate import SubnetScorer
+        from supernet.checkpoint import load_supernet
 
-        flush_denormals()
-        # every config has other activation shapes: with glibc's default, each evaluation pays fresh
-        # page faults for them (benchmarks/evaluation_memory.py: 0.371 -> 0.301 s an evaluation, tiny space,
-        # measured before issue 12's scorer)
-        keep_freed_memory()
+        check_configured("the search's scorer")
         self.supernet, recipe = loaded or load_supernet(Path(supernet_run))
         self.protocol = protocol
         self.scorer = SubnetScorer.from_protocol(self.supernet, recipe, protocol, data_dir=data_dir)

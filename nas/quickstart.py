@@ -19,7 +19,6 @@ commands so each stage can be rerun (or varied) by hand.
 """
 from __future__ import annotations
 
-import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from search_spaces.io import atomic_write_text, check_output
 
 from supernet.protocol import check_criterion
 
+from nas import nas_command
 from nas.mes import check_alpha
-from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
+from nas.search_job import DEFAULT_CRITERION, SEARCH_PROTOCOL
 from nas.search import Budget, SearchResult
 
 # ONNX Runtime, the deployment runtime: its block latencies depend on width (1.6-2.0x across a stage's widths)
@@ -58,6 +58,17 @@ class QuickstartSettings:
     lut_runs: int = 100  # timed runs per block and per validation network
     validate_samples: int = 20  # held-out networks of the table's validation (10 more fit the calibration)
     progress: bool = True
+
+    def command(self) -> str:
+        """The ``nas quickstart`` command of these settings (the options that differ from the defaults)."""
+        defaults, words = QuickstartSettings(), []
+        for name, flag in (("out", "--out"), ("recipe", "--recipe"), ("data_dir", "--data-dir"), ("params", "--params"),
+                           ("alpha_latency", "--alpha-lat"), ("alpha_size", "--alpha-size"),
+                           ("evaluations", "--evaluations"), ("eval_images", "--eval-images"),
+                           ("bn_batches", "--bn-batches"), ("criterion", "--criterion"), ("lut_runs", "--lut-runs")):
+            if getattr(self, name) != getattr(defaults, name):
+                words += [flag, getattr(self, name)]
+        return nas_command("quickstart", *words)
 
 
 @dataclass
@@ -113,14 +124,14 @@ class Quickstart:
         self.build_lut()
         job = self._job()
         family = job.check(job.default_family())
-        results = {"fine-grained": self._search(job, "3/7 family search", family, "fine-grained", "--family")}
+        results = {"fine-grained": self._search(job, "3/7 family search", family, "fine-grained", ["--family"])}
         for algorithm in BASELINES:
             results[algorithm] = self._search(job, f"4/7 {algorithm} baseline", family, algorithm,
-                                              f"--family --algorithm {algorithm} --evaluations "
-                                              f"{self.settings.evaluations}")
+                                              ["--family", "--algorithm", algorithm, "--evaluations",
+                                               self.settings.evaluations])
         budget = job.check([self.params_budget])[0]
         params_result = self._search(job, "5/7 --params search", [budget], "fine-grained",
-                                     f"--params {budget.value / 1e6:.3g}M")
+                                     ["--params", f"{budget.value / 1e6:.3g}M"])
         exports = self.export(params_result)
         return self.write_report(family, results, params_result, exports)
 
@@ -129,10 +140,11 @@ class Quickstart:
         return time.perf_counter()
 
     def train_supernet(self) -> None:
-        from supernet.train import CHECKPOINT, load_checkpoint, train_supernet
+        from supernet.checkpoint import CHECKPOINT, load_checkpoint
+        from supernet.train import train_supernet
 
         started = self._stage("1/7 supernet")
-        command = f"nas train-supernet --recipe {self.settings.recipe} --out {self.supernet_dir}"
+        command = nas_command("train-supernet", "--recipe", self.settings.recipe, "--out", self.supernet_dir)
         checkpoint = self.supernet_dir / CHECKPOINT
         reused = checkpoint.exists() and load_checkpoint(checkpoint).get("finished", False)
         if reused:
@@ -148,8 +160,8 @@ class Quickstart:
 
         started = self._stage("2/7 latency table")
         protocol = self.protocol
-        runs = f" --runs {protocol.runs}" if protocol.runs != Protocol().runs else ""
-        command = f"nas build-lut --space {self.space.name} --backend {BACKEND} --out {self.lut}{runs}"
+        runs = ["--runs", protocol.runs] if protocol.runs != Protocol().runs else []
+        command = nas_command("build-lut", "--space", self.space.name, "--backend", BACKEND, "--out", self.lut, *runs)
         table = LatencyTable.load(self.lut) if self.lut.exists() else None
         reused = table is not None and not missing_parts(table, self.space) and table.calibration is not None
         if reused:
@@ -157,9 +169,7 @@ class Quickstart:
         else:
             self.echo(command)
             build_table(self.space, Backend(BACKEND, threads=1), self.lut, protocol, progress=self.settings.progress)
-            validate = (f"nas lut validate {self.lut} --samples {self.settings.validate_samples} --fit-samples 10"
-                        f"{runs}")
-            self.echo(validate)
+            self.echo(self._validate_command(*runs))
             report, _, _ = validate_and_calibrate(
                 self.lut, samples=self.settings.validate_samples, fit_samples=10, protocol=protocol,
                 progress=self.settings.progress)
@@ -169,20 +179,24 @@ class Quickstart:
         self.log.add("latency table", command, time.perf_counter() - started, reused)
 
     def _job(self):
-        from nas.pipeline import SearchJob
+        from nas.search_job import SearchJob
 
         s = self.settings
         protocol = SEARCH_PROTOCOL.replace(images=s.eval_images, bn_batches=s.bn_batches)
         return SearchJob(self.supernet_dir, self.lut, self.search_dir, alpha_latency=s.alpha_latency,
                          alpha_size=s.alpha_size, protocol=protocol, criterion=s.criterion, data_dir=s.data_dir)
 
-    def _search_command(self, budget_args: str) -> str:
-        s = self.settings
-        return (f"nas search --supernet {self.supernet_dir} --lut {self.lut} {budget_args} --alpha-lat "
-                f"{s.alpha_latency} --alpha-size {s.alpha_size} --criterion {s.criterion} --eval-images {s.eval_images} "
-                f"--bn-batches {s.bn_batches} --out {self.search_dir}")
+    def _validate_command(self, *runs) -> str:
+        return nas_command("lut", "validate", self.lut, "--samples", self.settings.validate_samples, "--fit-samples",
+                           10, *runs)
 
-    def _search(self, job, title: str, budgets: list[Budget], algorithm: str, budget_args: str) -> SearchResult:
+    def _search_command(self, budget_args: list) -> str:
+        s = self.settings
+        return nas_command("search", "--supernet", self.supernet_dir, "--lut", self.lut, *budget_args, "--alpha-lat",
+                           s.alpha_latency, "--alpha-size", s.alpha_size, "--criterion", s.criterion, "--eval-images",
+                           s.eval_images, "--bn-batches", s.bn_batches, "--out", self.search_dir)
+
+    def _search(self, job, title: str, budgets: list[Budget], algorithm: str, budget_args: list) -> SearchResult:
         started = self._stage(title)
         command = self._search_command(budget_args)
         self.echo(command)
@@ -208,9 +222,11 @@ class Quickstart:
         config_file = self.search_dir / f"{result.config_name(budget)}.yaml"
         model = None
         reused = True
+        commands = []
         for fmt in EXPORT_FORMATS:
             target = self.export_dir / f"{result.algorithm}-{budget.label}{FORMATS[fmt]}"
-            command = f"nas export {config_file} --weights {self.supernet_dir} --format {fmt} --out {target}"
+            command = nas_command("export", config_file, "--weights", self.supernet_dir, "--format", fmt, "--out", target)
+            commands.append(command)
             if target.exists():
                 exports[fmt] = target
                 self.echo(f"reusing {target}")
@@ -225,8 +241,8 @@ class Quickstart:
                 continue
             exports[fmt] = target
             reused = False
-        self.log.add("export", f"nas export {config_file} --weights {self.supernet_dir} --format onnx|coreml "
-                     f"--out FILE", time.perf_counter() - started, reused, ", ".join(map(str, exports.values())))
+        self.log.add("export", " && ".join(commands), time.perf_counter() - started, reused,
+                     ", ".join(map(str, exports.values())))
         return exports
 
     # -- the report --------------------------------------------------------------------------------
@@ -284,8 +300,7 @@ class Quickstart:
 
     def _summary(self, family, results, params_result, exports, figures, frame) -> str:
         s = self.settings
-        quickstart = "nas quickstart" + (f" --out {shlex.quote(str(self.out))}" if self.out != Path("runs/quickstart")
-                                         else "")
+        quickstart = s.command()
         lines = ["# nas quickstart: report", "",
                  f"Space `{self.space.name}` ({self.space.resolution} px), data `{self.recipe.dataset}`, latency "
                  f"table `{BACKEND}` (1 thread), MES with alpha_latency {s.alpha_latency}, alpha_size "
@@ -315,7 +330,7 @@ class Quickstart:
                 f"`{path}` ({fmt})" for fmt, path in exports.items()) + "."]
         lines += ["", "## Figures", ""]
         for name, (what, _) in figures.items():
-            made_by = (f"`nas lut validate {self.lut} --samples {s.validate_samples} --fit-samples 10` (stage 2)"
+            made_by = (f"`{self._validate_command()}` (stage 2)"
                        if name == "lut-validation.png" else
                        f"`{quickstart}` (stage 7: `nas.plots` over the results store in `{self.search_dir}`)")
             lines += [f"- `figures/{name}`: {what}. Made by {made_by}.", f"  ![{name}](figures/{name})"]
@@ -326,7 +341,7 @@ class Quickstart:
         total = time.perf_counter() - self.started
         lines += ["", f"Total wall time of this run: {total:.0f} s ({total / 60:.1f} min). The results store holds "
                   f"{frame['key'].nunique()} distinct evaluated configs in {frame['study'].nunique()} studies: "
-                  f"`nas results show {self.search_dir}`; in Python, `nas.results.load_results`; in Jupyter, "
+                  f"`{nas_command('results', 'show', self.search_dir)}`; in Python, `nas.results.load_results`; in Jupyter, "
                   "`experiments/notebooks/pareto_fronts.ipynb`.", "",
                   "Files: `configs/` (one YAML per budget and algorithm), `trajectories/` (one CSV per search: "
                   "step, move, accuracy, params, latency_ms, mes, utility, key), `figures/`."]

@@ -217,7 +217,7 @@ class SearchResult:
         return self._file_name(budget.label)
 
     def _file_name(self, part: str) -> str:
-        digest = self.study.rsplit("-", 1)[-1] if self.study else ""  # the study is ALGO-DIGEST
+        digest = self.study.rsplit("-", 1)[-1] if self.study else ""  # the study's name ends in its digest
         return f"{self.algorithm}-{part}" + (f"-{digest}" if digest else "")
 
 
@@ -431,8 +431,20 @@ def optuna_sampler(algorithm: str, seed: int):
 # -- one search end to end -------------------------------------------------------------------------
 
 def study_name(algorithm: str, arguments: dict) -> str:
+    """What the search was, then a digest of all its arguments (same arguments, same study), e.g.
+    ``fine-grained-family-kl-lat1-size0.5-3fa9c2d1e0`` or ``nsga2-params-0.33M-top1-lat1-size1-seed0-...``."""
     digest = hashlib.sha1(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{algorithm}-{digest}"
+    budgets = arguments.get("budgets") or []
+    words = [algorithm, budgets[0] if len(budgets) == 1 else "family" if budgets else None, arguments.get("criterion"),
+             f"lat{arguments['alpha_latency']:g}" if "alpha_latency" in arguments else None,
+             f"size{arguments['alpha_size']:g}" if "alpha_size" in arguments else None,
+             f"seed{arguments['seed']}" if "seed" in arguments else None, digest]
+    return "-".join(str(word) for word in words if word is not None)
+
+
+def metric_names(criterion: str) -> list[str]:
+    """The study's two objectives as Optuna shows them: the criterion's score (maximised) and MES."""
+    return [{"top1": "top1", "loss": "-loss", "kl": "-kl"}[criterion], "mes"]
 
 
 def check_evaluations(evaluations: int) -> None:
@@ -461,7 +473,7 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     space = objectives.space
     started = time.perf_counter()
     evaluation = _jsonable(evaluation_id)
-    study = store.open_study(storage, study_name(algorithm, arguments),
+    study = store.open_study(storage, study_name(algorithm, arguments), metric_names(criterion),
                              metadata={"algorithm": algorithm, "space": space.name,
                                        "budgets": [b.label for b in budgets], "criterion": criterion,
                                        "arguments": json.loads(json.dumps(arguments, default=str)),
@@ -474,7 +486,7 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
         # the recheck slice's scores: a study of their own (resumable, shared like any other)
         objectives_2, k, evaluation_2 = recheck
         evaluation_2 = _jsonable(evaluation_2)
-        study_2 = store.open_study(storage, f"{study.study_name}-recheck",
+        study_2 = store.open_study(storage, f"{study.study_name}-recheck", metric_names(criterion),
                                    metadata={"algorithm": algorithm, "space": space.name, "recheck_of": study.study_name,
                                              **({"evaluation": evaluation_2} if evaluation_2 else {})})
         shared_2 = store.shared_scores(storage, evaluation_2, exclude=study_2.study_name) if evaluation_2 else {}

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 from search_spaces import InvalidInputError, parse_latency_ms, parse_mes, parse_params
@@ -27,7 +25,7 @@ def _budgets(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from nas.pipeline import SEARCH_PROTOCOL, SearchJob
+    from nas.search_job import SEARCH_PROTOCOL, SearchJob
     from nas.results import selected_frame
 
     budgets = _budgets(args)
@@ -37,9 +35,8 @@ def cmd_search(args: argparse.Namespace) -> None:
                     data_dir=args.data_dir)
     budgets = job.check(budgets if budgets is not None else job.default_family())
     progress = None if args.quiet else (lambda line: print(line, flush=True))
-    command = "nas " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["search"] else ""
     result = job.run(budgets, args.algorithm, seed=args.seed, evaluations=args.evaluations, progress=progress,
-                     command=command)
+                     command=getattr(args, "command_line", ""))
     frame = selected_frame(result)
     print(f"\n{args.algorithm}: {result.evaluations} configs, {result.measured} of them evaluated now (the others "
           f"from the results store), in {result.seconds:.1f} s")
@@ -66,7 +63,7 @@ def cmd_results_show(args: argparse.Namespace) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from nas.pipeline import DEFAULT_CRITERION, SEARCH_PROTOCOL
+    from nas.search_job import DEFAULT_CRITERION, SEARCH_PROTOCOL
     from nas.search import ALGORITHMS
     from supernet.protocol import CRITERIA
 
@@ -106,4 +103,4 @@ def register(commands: argparse._SubParsersAction) -> None:
     results_commands = results.add_subparsers(dest="results_command", metavar="SUBCOMMAND", required=True)
     p = results_commands.add_parser("show", help="the Pareto set of every study in a folder")
     p.add_argument("dir")
-    p.set_defaults(handler=cmd_results_show)
+    p.set_defaults(handler=cmd_results_show, torch=False)

@@ -107,8 +107,10 @@ def check_storage(storage: str) -> None:
                                 f"{str(error).splitlines()[0][:200]}") from None
 
 
-def open_study(storage: str, study_name: str, sampler=None, metadata: Optional[dict[str, Any]] = None):
-    """Create or load a study; a storage that cannot be opened is one clear error."""
+def open_study(storage: str, study_name: str, metric_names: Optional[list[str]] = None, sampler=None,
+               metadata: Optional[dict[str, Any]] = None):
+    """Create or load a study (its objectives named ``metric_names`` for Optuna's own tools); a storage
+    that cannot be opened is one clear error."""
     optuna = _optuna()
     try:
         study = optuna.create_study(storage=get_storage(storage), study_name=study_name,
@@ -117,6 +119,8 @@ def open_study(storage: str, study_name: str, sampler=None, metadata: Optional[d
     except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
         raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
                                 f"{str(error).splitlines()[0][:200]}") from None
+    if metric_names and study.metric_names != metric_names:
+        study.set_metric_names(metric_names)
     for key, value in (metadata or {}).items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)

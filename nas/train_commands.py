@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval_subnet(args: argparse.Namespace) -> None:
     from supernet.protocol import EvalProtocol
-    from supernet.train import evaluate_config
+    from supernet.evaluate import evaluate_config
 
     config = resolve_config(args.config)
     protocol = EvalProtocol(images=args.images, offset=args.offset, bn_batches=args.bn_batches, split=args.split)

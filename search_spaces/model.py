@@ -3,6 +3,10 @@
 For the presets S0-L, ``build_model`` gives the same state-dict keys and shapes as
 ``timm.create_model("efficientformerv2_s0")`` etc., so timm's weights, training,
 evaluation and export tooling apply unchanged.
+
+This module is where the project first imports timm: it repairs a broken torchvision before
+(``search_spaces._torchvision_fix``; nothing changes where torchvision imports), so every other
+module imports ``search_spaces.model`` before timm.
 """
 from __future__ import annotations
 

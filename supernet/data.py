@@ -25,10 +25,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from search_spaces import InvalidInputError
-from search_spaces._torchvision_fix import ensure_torchvision
 from supernet.recipe import Recipe
 
-ensure_torchvision()
+import search_spaces.model  # noqa: E402,F401  (the project's first timm import: it repairs torchvision)
 from timm.data import create_transform  # noqa: E402
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces._torchvision_fix import ensure_torchvision
 from search_spaces.space import AttentionSettings
 
-ensure_torchvision()
+import search_spaces.model  # noqa: E402,F401  (the project's first timm import: it repairs torchvision)
 from timm.layers import drop_path, ndgrid  # noqa: E402
 
 

@@ -17,26 +17,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import SubnetConfig
+from search_spaces import InvalidInputError, SubnetConfig
+from supernet.checkpoint import load_supernet
 from supernet.extract import extract, supernet_key
 from supernet.protocol import EvalProtocol, Scores
 from supernet.supernet import Supernet
-
-def flush_denormals() -> None:
-    """Treat denormal floats as zero in this process (CPU).
-
-    Attention probabilities and their gradients underflow into denormals, which x86
-    CPUs process orders of magnitude slower (measured here: a sandwich step went from
-    1.3 s to 17 s). Flushing them to zero changes nothing that matters (< 1e-38).
-    """
-    torch.set_flush_denormal(True)
-
 
 # -- recalibration and plain evaluation -------------------------------------------------------------
 
@@ -246,3 +238,13 @@ class SubnetScorer:
 
     def _eval_images(self):
         return (images.to(self.device) for images, _ in self.eval_batches)
+
+
+def evaluate_config(run_dir: Path, config: SubnetConfig, protocol: EvalProtocol = EvalProtocol(),
+                    data_dir: Optional[str] = None) -> Scores:
+    """Top-1, loss and KL from the largest subnet of ``config`` from a trained supernet, under ``protocol``."""
+    supernet, recipe = load_supernet(run_dir)
+    if config.space != supernet.space.name:
+        raise InvalidInputError(f"the config belongs to space {config.space!r}; the supernet in "
+                                f"{str(run_dir)!r} is of space {supernet.space.name!r}")
+    return SubnetScorer.from_protocol(supernet, recipe, protocol, data_dir=data_dir)(config)

@@ -169,9 +169,7 @@ def _check_range(name: str, value: float, low: float, high: float = math.inf, lo
 
 def _check_timm_choices(recipe: Recipe) -> None:
     """The optimiser and interpolation are timm's: check them against timm's own lists."""
-    from search_spaces._torchvision_fix import ensure_torchvision
-
-    ensure_torchvision()
+    import search_spaces.model  # noqa: F401  (the project's first timm import: it repairs torchvision)
     from timm.data.transforms import str_to_interp_mode
     from timm.optim import list_optimizers
 

@@ -22,20 +22,11 @@ from torch import nn
 from search_spaces import InvalidInputError, SubnetConfig, get_space, parse_config_text
 from search_spaces.model import build_model
 from supernet.data import Splits
-from supernet.evaluate import evaluate, flush_denormals, recalibrate_bn
+from supernet.evaluate import evaluate, recalibrate_bn
 from supernet.protocol import EvalProtocol
 from supernet.recipe import Recipe
-from supernet.train import (
-    CHECKPOINT,
-    TrainingDiverged,
-    TrainingTask,
-    TrainResult,
-    load_checkpoint,
-    load_weights,
-    run_training,
-    soft_cross_entropy,
-    supernet_from_checkpoint,
-)
+from supernet.checkpoint import CHECKPOINT, load_checkpoint, load_weights, supernet_from_checkpoint
+from supernet.train import TrainingDiverged, TrainingTask, TrainResult, run_training, soft_cross_entropy
 
 NETWORK = "network"
 
@@ -167,7 +158,6 @@ def load_network(weights: Union[str, Path], config: Optional[SubnetConfig] = Non
         model = build_model(stored, num_classes=payload["num_classes"])
         load_weights(model, payload, path)
         return model.eval(), stored
-    flush_denormals()
     supernet, recipe = supernet_from_checkpoint(payload, path)
     config = config or supernet.space.largest()
     protocol = EvalProtocol()

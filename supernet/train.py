@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import platform
 import random
 import sys
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -31,25 +29,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
-from search_spaces.io import atomic_path, atomic_write_text, check_output
+from search_spaces.io import atomic_write_text, check_output
+from search_spaces.runtime import check_configured
+from supernet.checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
 from supernet.data import ResumableSampler, Splits
-from supernet.evaluate import SubnetScorer, evaluate, flush_denormals
-from supernet.protocol import EvalProtocol, Scores
+from supernet.evaluate import SubnetScorer
+from supernet.protocol import EvalProtocol
 from supernet.recipe import Recipe
 from supernet.supernet import Supernet
 
-from search_spaces._torchvision_fix import ensure_torchvision
-
-ensure_torchvision()
+import search_spaces.model  # noqa: E402,F401  (the project's first timm import: it repairs torchvision)
 from timm.data import Mixup  # noqa: E402
 from timm.data.mixup import mixup_target  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 from timm.utils import dispatch_clip_grad  # noqa: E402
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2  # 2: loadable with torch.load(weights_only=True)
-
 
 class TrainingDiverged(NasError):
     """The loss became NaN or infinite."""
@@ -118,7 +119,7 @@ def start_runtime(threads: Optional[int]) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if device.type == "cpu":
-        flush_denormals()
+        check_configured("supernet training")
     if threads:
         torch.set_num_threads(threads)
     elif world_size > 1 and device.type == "cpu":
@@ -131,71 +132,6 @@ def start_runtime(threads: Optional[int]) -> Runtime:
 def stop_runtime(runtime: Runtime) -> None:
     if runtime.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
-
-
-# -- checkpoints ---------------------------------------------------------------------------------
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path, kind: Union[str, tuple[str, ...]] = "supernet") -> dict[str, Any]:
-    """A checkpoint of this project of kind ``kind`` (or of one of several kinds)."""
-    if not path.is_file():
-        raise InvalidInputError(f"no checkpoint at {str(path)!r}")
-    try:  # weights_only: a checkpoint holds tensors and plain Python values, so loading one runs no code
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        # a torch file (a zip) that weights_only refused holds other objects; anything else is damaged
-        if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
-            raise InvalidInputError(f"checkpoint {str(path)!r} holds objects other than tensors and plain values, "
-                                    f"so it was not loaded (loading it could run code); expected a checkpoint of "
-                                    f"this project, format {CHECKPOINT_FORMAT} (checkpoints of earlier versions, "
-                                    f"format 1, must be trained again)") from None
-        raise InvalidInputError(f"checkpoint {str(path)!r} is corrupted or not a checkpoint of this project "
-                                f"({type(error).__name__}: {str(error)[:120]})") from None
-    kinds = (kind,) if isinstance(kind, str) else kind
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT or payload.get("kind") not in kinds:
-        raise InvalidInputError(f"{str(path)!r} is not a {' or '.join(kinds)} checkpoint of this project (format "
-                                f"{CHECKPOINT_FORMAT})")
-    fields = {"space": str, "num_classes": int, "recipe": dict, "model": dict} | (
-        {"config": str} if payload["kind"] == "network" else {})
-    for name, expected in fields.items():
-        if not isinstance(payload.get(name), expected) or isinstance(payload.get(name), bool):
-            raise InvalidInputError(f"checkpoint {str(path)!r}: {name} is {type(payload.get(name)).__name__}; "
-                                    f"expected a {expected.__name__} (a checkpoint written by this project)")
-    get_space(payload["space"])
-    return payload
-
-
-def load_weights(module: nn.Module, payload: dict[str, Any], path: Path) -> None:
-    """A checkpoint's weights into ``module``; weights of another shape (another space or config) are refused."""
-    try:
-        module.load_state_dict(payload["model"])
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise InvalidInputError(f"checkpoint {str(path)!r}: its weights do not fit a network of space "
-                                f"{payload['space']!r} ({str(error).splitlines()[0][:160]}); expected the "
-                                "checkpoint that training wrote") from None
-
-
-def _rng_state(sampler_rng: random.Random) -> dict[str, Any]:
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), position, has_gauss, cached],
-             "torch": torch.get_rng_state(), "configs": sampler_rng.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any], sampler_rng: random.Random) -> None:
-    random.setstate(state["python"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    sampler_rng.setstate(state["configs"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def environment(runtime: Runtime) -> dict[str, Any]:
@@ -356,118 +292,143 @@ def _train(task_factory: Callable[[Recipe], TrainingTask], recipe: Recipe, out: 
     torch.manual_seed(recipe.seed + runtime.rank)
     random.seed(recipe.seed + runtime.rank)
     np.random.seed(recipe.seed + runtime.rank)
-
-    splits = Splits(recipe, get_space(recipe.space).resolution, data_dir=data_dir, download=download)
-    train_set = splits.dataset("train")
-    sampler = ResumableSampler(len(train_set), recipe.seed, recipe.batch_size, runtime.rank, runtime.world_size)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size, sampler=sampler,
-                                         num_workers=recipe.num_workers, drop_last=True,
-                                         pin_memory=runtime.device.type == "cuda",
-                                         persistent_workers=recipe.num_workers > 0)
-    num_classes = splits.num_classes
-    module = task.build(num_classes).to(runtime.device)
-    model: nn.Module = module
-    if runtime.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-            find_unused_parameters=task.find_unused_parameters)
-    optimizer = create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr(runtime.world_size),
-                                    weight_decay=recipe.weight_decay)
-    updates_per_epoch = sampler.batches_per_epoch
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=recipe.epochs,
-                                       warmup_epochs=recipe.warmup_epochs, warmup_lr=recipe.warmup_lr,
-                                       min_lr=recipe.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=updates_per_epoch)
-    mixup = None
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.smoothing,
-                      num_classes=num_classes)
-    amp = recipe.amp and runtime.device.type == "cuda"
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp)
-
-    epoch, batch_in_epoch, global_step, metrics = 0, 0, 0, []
+    loop = TrainingLoop(task, out, runtime, data_dir, download)
     if checkpoint is not None:
-        module.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        epoch, batch_in_epoch, global_step = checkpoint["epoch"], checkpoint["batch"], checkpoint["global_step"]
-        metrics = checkpoint["metrics"]
-        _restore_rng(checkpoint["rng"][min(runtime.rank, len(checkpoint["rng"]) - 1)], task.rng)
+        loop.restore(checkpoint)
     if runtime.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
-        atomic_write_text(out / "environment.json", json.dumps(environment(runtime), indent=2) + "\n")
-        _truncate_jsonl(out / "steps.jsonl", lambda r: r["global_step"] <= global_step)
-        _truncate_jsonl(out / "metrics.jsonl", lambda r: r["epoch"] < epoch)
+        _write_run_files(out, recipe, runtime, loop)
+    while loop.epoch < recipe.epochs:
+        row = loop.train_epoch(progress and runtime.is_main)
+        if runtime.is_main:
+            row.update(task.evaluate(loop.module, loop.splits))
+            loop.metrics.append(row)
+            _append_jsonl(out / "metrics.jsonl", row)
+            print(_format_epoch(row), flush=True)
+        loop.epoch += 1
+        loop.batch_in_epoch = 0
+        loop.save(finished=loop.epoch >= recipe.epochs)
+    return TrainResult(out, recipe.epochs, loop.global_step, loop.metrics, time.perf_counter() - started)
 
-    def write_checkpoint(finished: bool = False) -> None:
-        states = [None] * runtime.world_size
-        local = _rng_state(task.rng)
+
+def _write_run_files(out: Path, recipe: Recipe, runtime: Runtime, loop: "TrainingLoop") -> None:
+    """The run folder's recipe and environment; the logs cut back to the checkpoint's position."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+    atomic_write_text(out / "environment.json", json.dumps(environment(runtime), indent=2) + "\n")
+    _truncate_jsonl(out / "steps.jsonl", lambda r: r["global_step"] <= loop.global_step)
+    _truncate_jsonl(out / "metrics.jsonl", lambda r: r["epoch"] < loop.epoch)
+
+
+class TrainingLoop:
+    """One run's training state: data, model (DDP-wrapped on several ranks), optimiser, schedule,
+    mixup and position (epoch, batch, step, metrics), saved to and restored from its checkpoint."""
+
+    def __init__(self, task: TrainingTask, out: Path, runtime: Runtime, data_dir: Optional[str],
+                 download: bool) -> None:
+        recipe = task.recipe
+        self.task, self.recipe, self.out, self.runtime = task, recipe, out, runtime
+        self.splits = Splits(recipe, get_space(recipe.space).resolution, data_dir=data_dir, download=download)
+        train_set = self.splits.dataset("train")
+        self.sampler = ResumableSampler(len(train_set), recipe.seed, recipe.batch_size, runtime.rank,
+                                        runtime.world_size)
+        self.loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.batch_size, sampler=self.sampler,
+                                                  num_workers=recipe.num_workers, drop_last=True,
+                                                  pin_memory=runtime.device.type == "cuda",
+                                                  persistent_workers=recipe.num_workers > 0)
+        self.num_classes = self.splits.num_classes
+        self.module = task.build(self.num_classes).to(runtime.device)
+        self.model: nn.Module = self.module
         if runtime.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+                find_unused_parameters=task.find_unused_parameters)
+        self.optimizer = create_optimizer_v2(self.module, opt=recipe.opt, lr=recipe.lr(runtime.world_size),
+                                             weight_decay=recipe.weight_decay)
+        self.scheduler, _ = create_scheduler_v2(self.optimizer, sched="cosine", num_epochs=recipe.epochs,
+                                                warmup_epochs=recipe.warmup_epochs, warmup_lr=recipe.warmup_lr,
+                                                min_lr=recipe.min_lr, step_on_epochs=False,
+                                                updates_per_epoch=self.sampler.batches_per_epoch)
+        self.mixup = None
+        if recipe.mixup > 0 or recipe.cutmix > 0:
+            self.mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix,
+                               label_smoothing=recipe.smoothing, num_classes=self.num_classes)
+        self.amp = recipe.amp and runtime.device.type == "cuda"
+        self.epoch, self.batch_in_epoch, self.global_step = 0, 0, 0
+        self.metrics: list[dict[str, Any]] = []
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.epoch, self.batch_in_epoch = checkpoint["epoch"], checkpoint["batch"]
+        self.global_step, self.metrics = checkpoint["global_step"], checkpoint["metrics"]
+        restore_rng(checkpoint["rng"][min(self.runtime.rank, len(checkpoint["rng"]) - 1)], self.task.rng)
+
+    def save(self, finished: bool = False) -> None:
+        """The checkpoint (rank 0 writes it, with every rank's random state)."""
+        states = [None] * self.runtime.world_size
+        local = rng_state(self.task.rng)
+        if self.runtime.world_size > 1:
             dist.all_gather_object(states, local)
         else:
             states = [local]
-        if runtime.is_main:
-            save_checkpoint(out / CHECKPOINT, {
-                "format": CHECKPOINT_FORMAT, "kind": task.kind, **task.identity(), "num_classes": num_classes,
-                "recipe": recipe.to_dict(), "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "batch": batch_in_epoch,
-                "global_step": global_step, "rng": states, "metrics": metrics, "finished": finished})
-        runtime.barrier()
+        if self.runtime.is_main:
+            save_checkpoint(self.out / CHECKPOINT, {
+                "format": CHECKPOINT_FORMAT, "kind": self.task.kind, **self.task.identity(),
+                "num_classes": self.num_classes, "recipe": self.recipe.to_dict(), "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "batch": self.batch_in_epoch, "global_step": self.global_step,
+                "rng": states, "metrics": self.metrics, "finished": finished})
+        self.runtime.barrier()
 
-    bar = None
-    while epoch < recipe.epochs:
-        sampler.set_epoch(epoch, start_batch=batch_in_epoch)
-        module.train()
-        if progress and runtime.is_main:
+    def _targets(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixup is not None:
+            return self.mixup(images, labels)
+        return images, mixup_target(labels, self.num_classes, smoothing=self.recipe.smoothing)
+
+    def train_epoch(self, progress: bool) -> dict[str, Any]:
+        """The rest of the current epoch, checkpointing every ``checkpoint_every_steps``; its log row."""
+        recipe, runtime, updates = self.recipe, self.runtime, self.sampler.batches_per_epoch
+        self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+        self.module.train()
+        bar = None
+        if progress:
             from tqdm import tqdm
-            bar = tqdm(total=updates_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+            bar = tqdm(total=updates, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{recipe.epochs}",
                        unit="step", dynamic_ncols=True, leave=False)
         sums: dict[str, float] = {}
         epoch_started = time.perf_counter()
-        for images, labels, indices in loader:
+        for images, labels, indices in self.loader:
             images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device)
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            else:
-                targets = mixup_target(labels, num_classes, smoothing=recipe.smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            losses = task.step(model, images, targets, autocast)
+            images, targets = self._targets(images, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses = self.task.step(self.model, images, targets, self.autocast)
             if recipe.clip_grad:
-                dispatch_clip_grad(module.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
-            optimizer.step()
-            global_step += 1
-            batch_in_epoch += 1
-            scheduler.step_update(num_updates=global_step)
+                dispatch_clip_grad(self.module.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
+            self.optimizer.step()
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            self.scheduler.step_update(num_updates=self.global_step)
             for role, value in losses.items():
                 sums[role] = sums.get(role, 0.0) + value
             if runtime.is_main:
-                _append_jsonl(out / "steps.jsonl", {"global_step": global_step, "epoch": epoch,
-                                                    "batch": batch_in_epoch, "first_index": int(indices[0]),
-                                                    "lr": optimizer.param_groups[0]["lr"], **losses})
+                _append_jsonl(self.out / "steps.jsonl", {
+                    "global_step": self.global_step, "epoch": self.epoch, "batch": self.batch_in_epoch,
+                    "first_index": int(indices[0]), "lr": self.optimizer.param_groups[0]["lr"], **losses})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{next(iter(losses.values())):.3f}")
-            if global_step % recipe.checkpoint_every_steps == 0 and batch_in_epoch < updates_per_epoch:
-                write_checkpoint()
+            if self.global_step % recipe.checkpoint_every_steps == 0 and self.batch_in_epoch < updates:
+                self.save()
         if bar is not None:
             bar.close()
-        train_seconds = time.perf_counter() - epoch_started
-        steps_done = max(1, batch_in_epoch)
-        row = {"epoch": epoch, "global_step": global_step, "lr": optimizer.param_groups[0]["lr"],
-               **{role if role == "loss" else f"loss_{role}": value / steps_done for role, value in sums.items()},
-               "train_seconds": round(train_seconds, 2)}
-        if runtime.is_main:
-            row.update(task.evaluate(module, splits))
-            metrics.append(row)
-            _append_jsonl(out / "metrics.jsonl", row)
-            print(_format_epoch(row), flush=True)
-        epoch += 1
-        batch_in_epoch = 0
-        write_checkpoint(finished=epoch >= recipe.epochs)
-    return TrainResult(out, recipe.epochs, global_step, metrics, time.perf_counter() - started)
+        steps_done = max(1, self.batch_in_epoch)
+        return {"epoch": self.epoch, "global_step": self.global_step, "lr": self.optimizer.param_groups[0]["lr"],
+                **{role if role == "loss" else f"loss_{role}": value / steps_done for role, value in sums.items()},
+                "train_seconds": round(time.perf_counter() - epoch_started, 2)}
 
 
 def _format_epoch(row: dict[str, Any]) -> str:
@@ -476,36 +437,5 @@ def _format_epoch(row: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-# -- loading a trained supernet ------------------------------------------------------------------
-
-def load_supernet(run_dir: Path, device: Optional[torch.device] = None) -> tuple[Supernet, Recipe]:
-    """The supernet of a run folder (``RUN_DIR/checkpoint.pt`` or the checkpoint file itself)."""
-    run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
-    if not run_dir.exists():
-        raise InvalidInputError(f"supernet run {str(run_dir)!r} does not exist")
-    supernet, recipe = supernet_from_checkpoint(load_checkpoint(path), path)
-    return supernet.to(device or torch.device("cpu")).eval(), recipe
-
-
-def supernet_from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[Supernet, Recipe]:
-    """The supernet (eval mode, CPU) and recipe of a loaded supernet checkpoint."""
-    recipe = Recipe.from_dict(payload["recipe"], source=f"{path} recipe")
-    supernet = Supernet(payload["space"], num_classes=payload["num_classes"], drop_path_rate=recipe.drop_path)
-    load_weights(supernet, payload, path)
-    return supernet.eval(), recipe
-
-
-def evaluate_config(run_dir: Path, config: SubnetConfig, protocol: EvalProtocol = EvalProtocol(),
-                    data_dir: Optional[str] = None) -> Scores:
-    """Top-1, loss and KL from the largest subnet of ``config`` from a trained supernet, under ``protocol``."""
-    flush_denormals()
-    supernet, recipe = load_supernet(run_dir)
-    if config.space != supernet.space.name:
-        raise InvalidInputError(f"the config belongs to space {config.space!r}; the supernet in "
-                                f"{str(run_dir)!r} is of space {supernet.space.name!r}")
-    return SubnetScorer.from_protocol(supernet, recipe, protocol, data_dir=data_dir)(config)
-
-
-__all__ = ["SupernetTask", "TrainResult", "TrainingDiverged", "TrainingTask", "evaluate", "evaluate_config",
-           "load_supernet", "run_training", "sandwich_step", "supernet_from_checkpoint", "train_supernet"]
+__all__ = ["SupernetTask", "TrainResult", "TrainingDiverged", "TrainingLoop", "TrainingTask", "run_training",
+           "sandwich_step", "train_supernet"]

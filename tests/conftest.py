@@ -12,6 +12,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from search_spaces.runtime import configure_process  # noqa: E402
+
+configure_process()  # the settings every program of the project runs under
 
 
 def run_nas(*args: str, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
@@ -36,6 +39,21 @@ def nas_main(*args: str) -> subprocess.CompletedProcess:
         except SystemExit as exit_:  # argparse's own errors
             code = exit_.code
     return subprocess.CompletedProcess(["nas", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def parse_nas_command(command: str):
+    """A command line the project printed, read by the real parser: its arguments. A flag that was
+    renamed or a value the parser refuses fails the test."""
+    import shlex
+
+    from nas.cli import _join_negative_values, build_parser
+
+    words = shlex.split(command)
+    assert words[:1] == ["nas"], command
+    try:
+        return build_parser().parse_args(_join_negative_values(words[1:]))
+    except SystemExit:
+        pytest.fail(f"the printed command does not parse: {command}")
 
 
 @pytest.fixture

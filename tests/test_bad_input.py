@@ -49,7 +49,7 @@ class World:
         return run
 
     def real_checkpoint(self, **changes) -> Path:
-        from supernet.train import CHECKPOINT, load_checkpoint
+        from supernet.checkpoint import CHECKPOINT, load_checkpoint
 
         payload = load_checkpoint(self.supernet / CHECKPOINT)
         payload.update(changes)

@@ -6,7 +6,7 @@ import torch
 from search_spaces import InvalidInputError
 from supernet.evaluate import SubnetScorer, evaluate, recalibrate_bn, shared_stages
 from supernet.protocol import EvalProtocol
-from supernet.train import load_supernet
+from supernet.checkpoint import load_supernet
 
 PROTOCOL = EvalProtocol(images=96, bn_batches=2, batch_size=32)
 

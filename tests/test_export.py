@@ -12,7 +12,7 @@ from nas import export
 from search_spaces import get_space, save_config
 from supernet.data import Splits
 from supernet.retrain import load_network
-from supernet.train import load_supernet
+from supernet.checkpoint import load_supernet
 
 SPACE = get_space("efficientformerv2-tiny@32")
 

@@ -1,9 +1,11 @@
 """``nas build-lut`` and ``nas lut ...`` as users type them (subprocesses of the real entry point)."""
 import csv
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from conftest import parse_nas_command
 from latency_lut import LatencyTable, space_parts
 from latency_lut import coreml_measure as script
 
@@ -106,6 +108,8 @@ def test_bad_input_exits_2_without_traceback_or_files(nas_cli, tmp_path):
 def test_export_coreml_of_a_whole_space(nas_cli, tmp_path):
     result = nas_cli("lut", "export-coreml", "--space", SPACE, "--out", tmp_path, "--quiet")
     assert result.returncode == 0, result.stderr
+    hint = parse_nas_command(result.stdout.split("then: ", 1)[1].strip())  # the import step it prints
+    assert (hint.command, hint.lut_command, Path(hint.manifest)) == ("lut", "import", tmp_path / "manifest.csv")
     rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
     assert {row["key"] for row in rows} == {p.key for p in space_parts(SPACE)} | {"mobilenetv2_100_r32"}
     assert all((tmp_path / row["file"]).is_dir() for row in rows)

@@ -5,13 +5,10 @@ import pytest
 import torch
 
 from search_spaces import PRESETS, TIMM_NAMES, get_space, network_costs
-from search_spaces._torchvision_fix import ensure_torchvision
-from search_spaces.model import build_model, model_mac_count, model_param_count
+from search_spaces.model import build_model, model_mac_count, model_param_count  # first: it repairs torchvision
 from search_spaces.space import without_attention_bias
 
-ensure_torchvision()
 import timm  # noqa: E402
-
 from timm.models.efficientformer_v2 import EfficientFormerV2  # noqa: E402
 
 

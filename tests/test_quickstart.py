@@ -1,16 +1,17 @@
 """`nas quickstart` (test-sized) end to end: the report it writes, a rerun that reuses every stage,
 and the Pareto notebook run by a real Jupyter kernel on its results."""
 import re
+from pathlib import Path
 
 import nbformat
 import optuna
 import pandas as pd
 from nbclient import NotebookClient
 
-from conftest import QUICKSTART_ARGS, ROOT, nas_main, run_nas
+from conftest import QUICKSTART_ARGS, ROOT, nas_main, parse_nas_command, run_nas
 from nas import store
 from search_spaces import load_config
-from supernet.train import CHECKPOINT
+from supernet.checkpoint import CHECKPOINT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,6 +44,33 @@ def test_quickstart_writes_the_report(quickstart_run):
     assert load_config(next((report / "configs").glob("fine-grained-params-0.3*.yaml"))).key == selected
     for command in ("nas train-supernet", "nas build-lut", "nas search", "nas export"):
         assert command in summary
+
+
+def test_every_command_the_quickstart_prints_parses_to_what_it_ran(quickstart_run):
+    """The commands of the stages, the report and the figures, read by the real parser."""
+    out, recipe, result = quickstart_run
+    summary = (out / "report" / "summary.md").read_text()
+    printed = [c for text in re.findall(r"`(nas [^`]+)`", summary) for c in text.split(" && ")]
+    printed += [line for line in result.stdout.splitlines() if line.startswith("nas ")
+                and not line.startswith("nas quickstart:")]
+    parsed = [parse_nas_command(command) for command in printed]
+    by_command = {}
+    for args in parsed:
+        by_command.setdefault(args.command, []).append(args)
+    assert set(by_command) == {"quickstart", "train-supernet", "build-lut", "lut", "search", "export", "results"}
+    (train,) = {(a.recipe, a.out) for a in by_command["train-supernet"]}
+    assert (train[0], Path(train[1])) == (str(recipe), out / "supernet")
+    (lut,) = {Path(a.out) for a in by_command["build-lut"]}
+    assert {Path(a.table) for a in by_command["lut"]} == {lut} and lut.exists()
+    for search in by_command["search"]:
+        assert (Path(search.supernet), Path(search.lut), Path(search.out)) == (out / "supernet", lut, out / "search")
+        assert (search.eval_images, search.bn_batches, search.criterion) == (64, 1, "kl")
+    assert {a.algorithm for a in by_command["search"]} == {"fine-grained", "random", "nsga2"}
+    assert {a.format for a in by_command["export"]} == {"onnx", "coreml"}
+    assert all(Path(a.config).exists() for a in by_command["export"])
+    (again,) = {(Path(a.out), a.recipe, a.eval_images, a.bn_batches, a.evaluations, a.lut_runs)
+                for a in by_command["quickstart"]}
+    assert again == (out, str(recipe), 64, 1, 8, 3)  # the settings of QUICKSTART_ARGS
 
 
 def test_quickstart_again_reuses_every_stage(quickstart_run):

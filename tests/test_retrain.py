@@ -9,7 +9,7 @@ from conftest import nas_main, run_nas
 from search_spaces import PRESETS, InvalidInputError, get_space, save_config
 from supernet.evaluate import evaluate
 from supernet.retrain import load_network
-from supernet.train import CHECKPOINT, load_checkpoint
+from supernet.checkpoint import CHECKPOINT, load_checkpoint
 from test_train import read_steps, small_recipe
 
 SPACE = get_space("efficientformerv2-tiny@32")

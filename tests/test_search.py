@@ -1,10 +1,13 @@
 """The search, its baselines, the results store's resume, and bad input: real supernet, real table."""
 import math
+import re
+import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import nas_main, run_nas
+from conftest import nas_main, parse_nas_command, run_nas
 from latency_lut import LatencyTable
 from nas import store
 from nas.mes import MesSpec
@@ -44,28 +47,49 @@ def accuracy(tiny_supernet_run):
     return SupernetAccuracy(tiny_supernet_run, EvalProtocol(images=64, bn_batches=1, batch_size=64))
 
 
+class TieredAccuracy:
+    """A hand-made evaluator whose greedy answer is known without computing a ratio: a step down
+    the expansion choices of a stage-1 block costs 1e-6 points, of a stage-2 block 1e-3, and any
+    other change 50. Unless MES gains differ by 1000x, the least drop per MES gain is therefore
+    every stage-1 expansion step first, then every stage-2 one, then the rest."""
+
+    COST = {0: 1e-6, 1: 1e-3}
+
+    def __init__(self, space):
+        self.space, self.largest = space, space.largest()
+
+    def __call__(self, config):
+        accuracy = 90.0
+        for index, (stage, full) in enumerate(zip(config.stages, self.largest.stages)):
+            choices = self.space.stages[index].expansions
+            accuracy -= 50 * (stage.width != full.width)
+            for block, top in zip(stage.blocks, full.blocks):
+                if block is None or block.mhsa != top.mhsa:
+                    accuracy -= 50
+                elif block.expansion != top.expansion:
+                    steps = choices.index(top.expansion) - choices.index(block.expansion)
+                    accuracy -= self.COST.get(index, 50) * steps
+        return accuracy
+
+
 def test_greedy_takes_the_least_accuracy_drop_per_mes_gain(table):
     space = get_space("efficientformerv2-tiny@32")
-    objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
-    budget = Budget("params", count_params(space.largest()) * 0.7)
-    evaluate = Evaluator(objectives, None, "fine-grained")
-    trajectory, selected = greedy_search(space, evaluate, [budget])
+    objectives = Objectives.from_table(space, table, TieredAccuracy(space), 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.5)
+    trajectory, selected = greedy_search(space, Evaluator(objectives, None, "fine-grained"), [budget])
     assert budget.met(selected[budget][1])
-    # every step took the argmin of dAcc / dMES over the moves of the state before it
-    state = space.largest()
-    for row in trajectory[1:]:
-        before = objectives(state)
-        scored = []
-        for move, config in space.moves(state):
-            after = objectives(config)
-            gain = after.mes - before.mes
-            if gain > 0:
-                drop = before.accuracy - after.accuracy
-                rank = (0, -gain) if drop <= 0 else (1, drop / gain)  # free moves first, largest gain first
-                scored.append((rank, drop / gain, str(move), config))
-        best = min(scored, key=lambda s: s[0])
-        assert row["move"] == best[2] and row["utility"] == pytest.approx(best[1])
-        state = best[3]
+    steps = {stage: sum(s.max_depth * (len(s.expansions) - 1) for s in space.stages[stage:stage + 1])
+             for stage in (0, 1)}
+    moves = [row["move"] for row in trajectory[1:]]
+    assert len(moves) > steps[0] + steps[1]
+    assert all(move.startswith("expansion s1.") for move in moves[:steps[0]]), moves
+    assert all(move.startswith("expansion s2.") for move in moves[steps[0]:steps[0] + steps[1]]), moves
+    assert not any(move.startswith(("expansion s1.", "expansion s2.")) for move in moves[steps[0] + steps[1]:])
+    # each of them cost what the evaluator says, and no other step cost less than 50 points
+    drops = [trajectory[i]["accuracy"] - trajectory[i + 1]["accuracy"] for i in range(len(moves))]
+    assert drops[:steps[0]] == pytest.approx([1e-6] * steps[0], abs=1e-9)
+    assert drops[steps[0]:steps[0] + steps[1]] == pytest.approx([1e-3] * steps[1], abs=1e-9)
+    assert min(drops[steps[0] + steps[1]:]) >= 50 - 1e-9
     params = [row["params"] for row in trajectory]
     assert params == sorted(params, reverse=True)
     before_last = trajectory[-2]
@@ -104,7 +128,7 @@ def test_family_is_one_trajectory_recording_each_crossing(table):
 
 
 def test_v1_moves_keep_expansions_and_pruning_decides_them(table, tiny_supernet_run):
-    from supernet.train import load_supernet
+    from supernet.checkpoint import load_supernet
 
     space = get_space("efficientformerv2-tiny@32")
     objectives = Objectives.from_table(space, table, ParamsAccuracy(), 1.0, 0.5)
@@ -154,6 +178,23 @@ def test_search_cli_writes_outputs_and_resumes_without_reevaluating(tiny_superne
     assert (frame["user_attrs_loss"] > 0).all() and (frame["user_attrs_kl"] >= 0).all()
     assert frame["user_attrs_key"].is_unique
     evaluated = len(frame)
+    # Optuna's own tools: the name says what the search was, the objectives are named
+    loaded = optuna.load_study(study_name=summaries[0].study_name, storage=store.default_storage(out))
+    assert re.fullmatch(rf"fine-grained-{re.escape(label)}-kl-lat1-size0\.5-[0-9a-f]{{10}}", loaded.study_name)
+    assert loaded.metric_names == ["-kl", "mes"]
+    values = loaded.trials_dataframe()[["values_-kl", "values_mes"]]
+    assert len(values) == evaluated and (values["values_-kl"] <= 0).all() and (values["values_mes"] > 0).all()
+    assert set(frame["user_attrs_key"]) == set(loaded.trials_dataframe()["user_attrs_key"])
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot_pareto_front(loaded)
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("-kl", "mes")
+    assert sum(len(c.get_offsets()) for c in axes.collections) == evaluated  # every trial is a point
+    import matplotlib.pyplot
+
+    matplotlib.pyplot.close("all")
     # again, same arguments: nothing is evaluated again, the result is the same
     second = _search(tiny_supernet_run, tiny_lut, out, "--params", budget)
     assert second.returncode == 0, second.stderr
@@ -247,7 +288,11 @@ def test_bad_search_inputs_fail_before_any_work(tiny_supernet_run, tiny_lut, tmp
     partial = tmp_path / "partial.parquet"
     full = LatencyTable.load(tiny_lut)
     LatencyTable(full.frame.iloc[: len(full.frame) // 2], full.space, full.backend, full.threads).save(partial)
-    assert "lacks" in _error(_search(tiny_supernet_run, partial, out, "--params", "1M"))
+    message = _error(_search(tiny_supernet_run, partial, out, "--params", "1M"))
+    assert "lacks" in message
+    fill = parse_nas_command(message.split("fill it with: ", 1)[1].strip())  # the hint, as the parser reads it
+    assert (fill.command, fill.space, fill.backend, Path(fill.out)) == (
+        "build-lut", "efficientformerv2-tiny@32", full.backend, partial)
     # a table of another space than the supernet's
     other = tmp_path / "other.parquet"
     LatencyTable(full.frame, "efficientformerv2-tiny", full.backend, full.threads).save(other)
@@ -279,7 +324,7 @@ def test_scores_are_shared_across_alphas_tables_and_criteria(tiny_supernet_run, 
     search of the storage evaluated."""
     import numpy as np
 
-    from nas.pipeline import SearchJob
+    from nas.search_job import SearchJob
 
     protocol = EvalProtocol(images=64, bn_batches=1, batch_size=64)
     space = get_space("efficientformerv2-tiny@32")

@@ -17,7 +17,7 @@ from conftest import ROOT, nas_main, run_nas
 from search_spaces import InvalidInputError, get_space, save_config
 from supernet.data import ResumableSampler, Splits
 from supernet.recipe import Recipe, load_recipe
-from supernet.train import CHECKPOINT, CHECKPOINT_FORMAT, load_checkpoint, load_supernet
+from supernet.checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, load_checkpoint, load_supernet
 
 SMALL = {
     "space": "efficientformerv2-tiny@32", "max_train_images": 320, "val_split": 128, "epochs": 2,

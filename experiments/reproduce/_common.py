@@ -5,7 +5,7 @@ Fashion-MNIST, with the same pieces:
 
 * the **supernet and latency table** of ``nas quickstart`` (``--quickstart DIR``), reused
   when that run finished them, else trained/built there by the quickstart's own stages;
-* **searches** through :class:`nas.pipeline.SearchJob`, in the quickstart's results store
+* **searches** through :class:`nas.search_job.SearchJob`, in the quickstart's results store
   (its family search is reused; scripts share evaluated configs), outputs in ``WORK/search``;
 * **from-scratch training** (``nas train``'s :func:`supernet.retrain.train_network`) with one
   protocol for every network: the supernet's recipe (``fashion-mnist-tiny``: one epoch) on
@@ -74,7 +74,9 @@ def parser(description: str, seeds: Optional[int] = None) -> argparse.ArgumentPa
 def run(main: Callable[[], None]) -> None:
     """A script's entry point: bad input (the project's errors) ends in one line, not a traceback."""
     from search_spaces import NasError
+    from search_spaces.runtime import configure_process
 
+    configure_process()
     try:
         main()
     except NasError as error:
@@ -149,12 +151,12 @@ class Reproduction:
 
     def job(self, alpha_latency: float = 1.0, alpha_size: float = 0.5):
         """A search job on the quickstart's supernet and table (its evaluation settings)."""
-        from nas.pipeline import SearchJob
+        from nas.search_job import SearchJob
         from nas.store import default_storage
 
         key = (alpha_latency, alpha_size)
         if key not in self._jobs:
-            from nas.pipeline import SEARCH_PROTOCOL
+            from nas.search_job import SEARCH_PROTOCOL
 
             quickstart = self.quickstart()
             settings = quickstart.settings
@@ -218,8 +220,8 @@ class Reproduction:
 
     def scratch(self, config: SubnetConfig, seed: Optional[int] = None) -> dict:
         """``val_top1`` / ``test_top1`` (%) of ``config`` trained from scratch (cached) and its training time."""
+        from supernet.checkpoint import CHECKPOINT, load_checkpoint
         from supernet.retrain import train_network
-        from supernet.train import CHECKPOINT, load_checkpoint
 
         recipe = self.scratch_recipe(seed)
         if recipe.space != config.space:  # e.g. the -nobias variant of the recipe's space

@@ -3,7 +3,7 @@
 :class:`SearchJob` is what ``nas search`` runs and what ``nas quickstart`` (and a
 notebook) calls the same way::
 
-    from nas.pipeline import SearchJob
+    from nas.search_job import SearchJob
     from nas.search import Budget
 
     job = SearchJob("runs/tiny", "tiny.parquet", "runs/search")
@@ -25,6 +25,7 @@ from search_spaces.io import check_output, file_digest
 
 from supernet.protocol import EvalProtocol
 
+from nas import nas_command
 from nas.objectives import SEARCH_PROTOCOL
 from nas.search import (SAMPLING, Budget, SearchResult, check_budgets, check_evaluations, default_family,
                         run_search)
@@ -48,7 +49,7 @@ class SearchJob:
         from nas.objectives import Objectives, SupernetAccuracy
         from nas.store import check_storage, default_storage
         from supernet.protocol import check_criterion
-        from supernet.train import CHECKPOINT, load_supernet
+        from supernet.checkpoint import CHECKPOINT, load_supernet
 
         check_alpha(alpha_latency, "--alpha-lat")
         check_alpha(alpha_size, "--alpha-size")
@@ -70,8 +71,9 @@ class SearchJob:
         missing = missing_parts(table, space)
         if missing:
             raise InvalidInputError(f"latency table {str(lut)!r} lacks {len(missing)} block(s) of space "
-                                    f"{space.name!r} (first: {missing[0].key}); fill it with: nas build-lut --space "
-                                    f"{space.name} --backend {table.backend} --out {lut}")
+                                    f"{space.name!r} (first: {missing[0].key}); fill it with: "
+                                    + nas_command("build-lut", "--space", space.name, "--backend", table.backend,
+                                                  "--out", lut))
         self.storage = storage or default_storage(self.out)
         if storage is not None:  # the default, DIR/study.db, is created by the first search that runs
             check_storage(self.storage)
