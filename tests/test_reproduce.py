@@ -13,21 +13,9 @@ from search_spaces import count_params, get_space
 REPRODUCE = Path(__file__).resolve().parent.parent / "experiments" / "reproduce"
 sys.path.insert(0, str(REPRODUCE))
 
-from _common import config_text, rank_correlations, spread_configs  # noqa: E402
+from _common import config_text, spread_configs  # noqa: E402
 from attention_bias import with_mhsa  # noqa: E402
 from expansion import EXPANSIONS, equal_params_variants  # noqa: E402
-
-
-def test_rank_correlations():
-    x = [1.0, 2.0, 3.0, 4.0, 5.0]
-    monotone = rank_correlations(x, [v ** 3 for v in x])
-    assert monotone["spearman"] == pytest.approx(1) and monotone["kendall_tau"] == pytest.approx(1)
-    assert 0.8 < monotone["r2"] < 1
-    reversed_ = rank_correlations(x, [-v for v in x])
-    assert reversed_["pearson_r"] == pytest.approx(-1) and reversed_["r2"] == pytest.approx(1)
-    assert reversed_["kendall_tau"] == pytest.approx(-1)
-    one_swap = rank_correlations(x, [1.0, 3.0, 2.0, 4.0, 5.0])
-    assert one_swap["kendall_tau"] == pytest.approx(0.8)  # 9 concordant, 1 discordant of 10 pairs
 
 
 def test_spread_configs_cover_the_range_evenly():
@@ -95,12 +83,37 @@ def test_attention_bias_and_ranking_fidelity_run_on_the_quickstart(quickstart_ru
     assert "training from scratch" not in again.stdout
     assert _rows(results / "attention_bias.csv") == rows
 
-    _run("ranking_fidelity", out, recipe, tmp_path, "--random", "3", "--noise-seeds", "2")
+    # the truth bank: anchors, then stratified configs, a second seed for some; rows after every run
+    bank = tmp_path / "bank.csv"
+    built = _run("truth_bank", out, recipe, tmp_path, "--bank", str(bank), "--configs", "6", "--second-seed", "2",
+                 "--pool", "300", "--include", *map(str, sorted((out / "search").glob("*.yaml"))[:1]),
+                 "--max-runs", "5")
+    rows = _rows(bank)
+    assert len(rows) == 5 and built.stdout.count("bank: ") == 5
+    assert sorted(r["source"] for r in rows) == ["largest", "searched", "smallest", "stratified", "stratified"]
+    assert len({r["recipe_digest"] for r in rows}) == 1 and all(0 <= float(r["test_top1"]) <= 100 for r in rows)
+    _run("truth_bank", out, recipe, tmp_path, "--bank", str(bank), "--configs", "6", "--second-seed", "2",
+         "--pool", "300", "--include", *map(str, sorted((out / "search").glob("*.yaml"))[:1]))
+    rows = _rows(bank)  # resumed: the 5 rows kept, the rest added
+    assert len(rows) == 6 + 2 and len({r["key"] for r in rows}) == 6
+    assert sorted(r["seed"] for r in rows).count("1") == 2
+    again = _run("truth_bank", out, recipe, tmp_path, "--bank", str(bank), "--configs", "6", "--second-seed", "2",
+                 "--pool", "300", "--include", *map(str, sorted((out / "search").glob("*.yaml"))[:1]))
+    assert "0 runs to go" in again.stdout and _rows(bank) == rows
+
+    _run("ranking_fidelity", out, recipe, tmp_path, "--bank", str(bank), "--resamples", "200")
     rows = _rows(results / "ranking_fidelity.csv")
-    assert len(rows) == 1 + 4 + 3 + 1  # smallest, the family, random, largest
-    assert {r["kind"] for r in rows} == {"extreme", "searched", "random"}
+    assert len(rows) == 6 and {r["source"] for r in rows} >= {"largest", "smallest", "searched"}
     text = (results / "ranking_fidelity.md").read_text()
-    assert "Pearson r²" in text and "Kendall τ" in text and "seed-to-seed" in text
+    assert "r² " in text and "Kendall" in text and "top third" in text and "seed-to-seed" in text
+
+    benchmark = subprocess.run([sys.executable, str(REPRODUCE.parent.parent / "benchmarks" / "supernet_fidelity.py"),
+                                "--supernet", str(out / "supernet"), "--bank", str(bank), "--png",
+                                str(tmp_path / "f.png"), "--resamples", "200"],
+                               capture_output=True, text=True, timeout=600)
+    assert benchmark.returncode == 0, benchmark.stderr[-3000:]
+    assert "all configs:  r² " in benchmark.stdout and "top third:" in benchmark.stdout
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_input_is_refused(tmp_path):

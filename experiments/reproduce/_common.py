@@ -309,9 +309,10 @@ class Reproduction:
                   f"- From scratch: {self.protocol()}; seed {self.args.seed} unless a row says otherwise.",
                   f"- Command: `{command}`",
                   f"- Machine: {machine()}",
-                  f"- Wall time: {len(self.used)} from-scratch run(s) behind this table, "
-                  f"{sum(self.used.values()) / 60:.1f} min of training in all (each trained once and cached); this "
-                  f"invocation took {minutes:.1f} min, {self.scratch_runs} run(s) trained in it.",
+                  (f"- Wall time: {len(self.used)} from-scratch run(s) behind this table, "
+                   f"{sum(self.used.values()) / 60:.1f} min of training in all (each trained once and cached); this "
+                   f"invocation took {minutes:.1f} min, {self.scratch_runs} run(s) trained in it." if self.used else
+                   f"- Wall time: this invocation took {minutes:.1f} min."),
                   f"- Data: `{csv.name}` (every number above)."]
         atomic_write_text(md, "\n".join(lines) + "\n")
         index = _update_index(out, self.name, {"title": title, "paper": claim, "ours": verdict[0],
@@ -368,17 +369,6 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 # -- statistics and config sets ---------------------------------------------------------------------
-
-def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Pearson r and r^2, Spearman rho and Kendall tau-b between two paired series."""
-    from latency_lut.validation import kendall_tau
-
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    pearson = float(np.corrcoef(x, y)[0, 1])
-    ranks = [pd.Series(v).rank().to_numpy() for v in (x, y)]
-    return {"pearson_r": pearson, "r2": pearson ** 2, "spearman": float(np.corrcoef(*ranks)[0, 1]),
-            "kendall_tau": kendall_tau(x, y), "n": int(x.size)}
-
 
 def spread_configs(space, key: Callable[[SubnetConfig], float], count: int, low: float, high: float, seed: int,
                    pool: int = 3000) -> list[SubnetConfig]:
