@@ -20,9 +20,9 @@ column                    meaning
 ========================  =====================================================================
 
 Table-level metadata, a JSON object under the key ``latency_lut``: ``schema_version``,
-``space``, ``backend``, ``threads`` and ``calibration`` (``a``, ``b`` of
-``measured = a * sum_of_blocks + b``, the number of networks it was fitted on and when;
-``null`` before ``nas lut validate``). It lives **in the file**: in the Parquet schema's
+``space``, ``backend``, ``threads`` and ``calibration`` (``a``, ``per_block``, ``b`` of
+``measured = a * sum_of_blocks + per_block * blocks + b``, the number of networks it was fitted
+on and when; ``null`` before ``nas lut validate``; tables without ``per_block`` read it as 0). It lives **in the file**: in the Parquet schema's
 key-value metadata, or as the first line ``# latency_lut {...}`` of a CSV; so the
 calibration travels with the table.
 """
@@ -57,15 +57,25 @@ _FLOAT_COLUMNS = ("latency_ms", "p10_ms", "p90_ms")
 
 @dataclass(frozen=True)
 class Calibration:
-    """``measured_ms = a * sum_of_blocks_ms + b``, fitted on ``networks`` measured networks."""
+    """``measured_ms = a * sum_of_blocks_ms + per_block * blocks + b``, fitted on ``networks`` measured networks.
+
+    ``per_block``: milliseconds a network's latency differs from its blocks' sum per block it has.
+    Each block is timed alone, so its entry carries a per-call overhead that a whole network pays
+    once (or, where running blocks back to back costs more than alone, lacks one); an offset
+    ``b`` cannot remove a cost that grows with the block count (benchmarks/RESULTS-lut.md).
+    """
 
     a: float
     b: float
     networks: int
     fitted_at: str = ""
+    per_block: float = 0.0
 
-    def apply(self, raw_sum_ms: float) -> float:
-        return self.a * raw_sum_ms + self.b
+    def apply(self, raw_sum_ms: float, blocks: int = 0) -> float:
+        return self.a * raw_sum_ms + self.per_block * blocks + self.b
+
+    def formula(self) -> str:
+        return (f"measured = {self.a:.4f} * sum_of_blocks {self.per_block:+.4f} ms * blocks {self.b:+.4f} ms")
 
 
 def part_row(part: Part) -> dict[str, Any]:
@@ -142,8 +152,9 @@ class LatencyTable:
     def predict(self, config: SubnetConfig) -> float:
         """Predicted latency (ms) of ``config``'s whole network: the sum of its blocks,
         calibrated when the table holds a calibration."""
-        raw = self.raw_sum_ms(config)
-        return self.calibration.apply(raw) if self.calibration else raw
+        parts = self.parts_of(config)
+        raw = self.raw_sum_ms(parts)
+        return self.calibration.apply(raw, len(parts)) if self.calibration else raw
 
     def parts_of(self, config: SubnetConfig) -> list[Part]:
         """``config``'s blocks, once the config is checked to be of this table's space."""
@@ -274,19 +285,21 @@ class LatencyTable:
 
 
 def _calibration(data: Any, where: str) -> Optional[Calibration]:
-    """The calibration of a table's metadata, checked: a, b, networks (and when it was fitted)."""
+    """The calibration of a table's metadata, checked: a, b, networks (and per_block, when it was fitted)."""
     if data is None:
         return None
-    fields = ("a", "b", "networks", "fitted_at")
+    fields = ("a", "b", "networks", "fitted_at", "per_block")
     if not isinstance(data, dict) or not set(fields[:3]) <= set(data) or not set(data) <= set(fields):
         raise InvalidInputError(f"{where}: calibration {data!r}; expected a mapping of {', '.join(fields)} "
                                 "(written by nas lut validate)")
-    a, b, networks = data["a"], data["b"], data["networks"]
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
+    a, b, networks, per_block = data["a"], data["b"], data["networks"], data.get("per_block", 0.0)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in (a, b, per_block))
     if not numbers or a <= 0 or isinstance(networks, bool) or not isinstance(networks, int) or networks < 1:
-        raise InvalidInputError(f"{where}: calibration a={a!r}, b={b!r}, networks={networks!r}; expected a "
-                                "positive slope a, a finite offset b and a positive number of networks")
-    return Calibration(float(a), float(b), networks, str(data.get("fitted_at", "")))
+        raise InvalidInputError(f"{where}: calibration a={a!r}, per_block={per_block!r}, b={b!r}, "
+                                f"networks={networks!r}; expected a positive slope a, a finite per-block term and "
+                                "offset b and a positive number of networks")
+    return Calibration(float(a), float(b), networks, str(data.get("fitted_at", "")), float(per_block))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

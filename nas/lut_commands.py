@@ -49,8 +49,8 @@ def cmd_lut_show(args: argparse.Namespace) -> None:
         print(f"reference    {reference['key'].iloc[0]}: {reference['latency_ms'].iloc[0]:.3f} ms "
               "(MES latency unit)")
     c = table.calibration
-    print("calibration  " + (f"measured = {c.a:.4f} * sum_of_blocks + {c.b:.4f} ms ({c.networks} networks, "
-                             f"{c.fitted_at})" if c else "none (run nas lut validate)"))
+    print("calibration  " + (f"{c.formula()} ({c.networks} networks, {c.fitted_at})" if c else
+                             "none (run nas lut validate)"))
     print()
     print(table.summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
@@ -67,8 +67,7 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
         protocol=Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds), out_dir=args.out_dir,
         progress=not args.quiet)
     c = report.calibration
-    print(f"calibration: measured = {c.a:.4f} * sum_of_blocks + {c.b:.4f} ms (fitted on {c.networks} networks, "
-          f"stored in {path})")
+    print(f"calibration: {c.formula()} (fitted on {c.networks} networks, stored in {path})")
     print(f"held-out networks: {report.calibrated.networks} (seed {args.seed})")
     print(report.metrics().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {csv_path} and {png_path}")
@@ -92,8 +91,8 @@ def cmd_lut_import(args: argparse.Namespace) -> None:
     table = import_measurements(args.manifest, args.measurements, args.out, min_runs=args.min_runs)
     print(f"{args.out}: {len(table.frame)} Core ML blocks of {table.space} imported")
     c = table.calibration
-    print(f"calibration: measured = {c.a:.4f} * sum_of_blocks + {c.b:.4f} ms (fitted on {c.networks} measured "
-          "networks)" if c else "calibration: none (export with --networks N to calibrate on whole networks)")
+    print(f"calibration: {c.formula()} (fitted on {c.networks} measured networks)" if c else
+          "calibration: none (export with --networks N to calibrate on whole networks)")
 
 
 def _positive(text: str) -> int:

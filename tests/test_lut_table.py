@@ -104,6 +104,9 @@ def test_predict_sums_the_blocks_then_calibrates(cpu_table):
         assert cpu_table.predict(config) == pytest.approx(expected)
         calibrated = cpu_table.with_calibration(Calibration(a=0.5, b=0.25, networks=3))
         assert calibrated.predict(config) == pytest.approx(0.5 * expected + 0.25)
+        per_block = cpu_table.with_calibration(Calibration(a=0.5, b=0.25, networks=3, per_block=-0.01))
+        blocks = len(network_parts(config))
+        assert per_block.predict(config) == pytest.approx(0.5 * expected - 0.01 * blocks + 0.25)
 
 
 def test_missing_block_names_the_block_and_the_command(cpu_table, tmp_path):
@@ -124,7 +127,8 @@ def test_missing_block_names_the_block_and_the_command(cpu_table, tmp_path):
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_files_round_trip_with_the_calibration(cpu_table, tmp_path, suffix):
-    table = cpu_table.with_calibration(Calibration(a=1.25, b=-0.5, networks=20, fitted_at="2025-01-01T00:00:00"))
+    table = cpu_table.with_calibration(Calibration(a=1.25, b=-0.5, networks=20, fitted_at="2025-01-01T00:00:00",
+                                                   per_block=0.02))
     path = table.save(tmp_path / f"table{suffix}")
     loaded = LatencyTable.load(path)
     assert loaded == table  # space, backend, threads, calibration
@@ -207,6 +211,23 @@ def test_calibration_fit_recovers_a_line():
         fit_calibration([1.0], [1.0])
 
 
+def test_calibration_fit_removes_a_per_block_overhead():
+    """Blocks timed alone each carry 0.05 ms of call overhead that a network pays once: the sums
+    over-count it by 0.05 ms a block. The block-count term recovers it exactly; a line cannot."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(10, 50, 12)
+    compute = rng.uniform(0.1, 0.5, 12) * blocks  # the networks' real work
+    raw = compute + 0.05 * blocks  # what the table's sum says
+    measured = 1.1 * compute + 0.2  # what a whole network takes
+    calibration = fit_calibration(raw, measured, blocks)
+    assert (calibration.a, calibration.per_block, calibration.b) == pytest.approx((1.1, -0.055, 0.2))
+    predicted = [calibration.apply(r, n) for r, n in zip(raw, blocks)]
+    assert predicted == pytest.approx(measured)
+    line = fit_calibration(raw, measured)
+    assert line.per_block == 0 and max(abs(line.apply(r) - m) for r, m in zip(raw, measured)) > 0.1
+    assert fit_calibration(raw[:3], measured[:3], blocks[:3]).per_block == 0  # too few networks for the term
+
+
 def test_stratified_configs_span_the_size_range():
     space = get_space("efficientformerv2")
     configs = stratified_configs(space, 10, seed=0)
@@ -232,8 +253,9 @@ def test_validation_fits_on_some_and_reports_on_the_rest(cpu_table, tmp_path):
     assert list(frame["split"]).count("fit") == 4 and list(frame["split"]).count("holdout") == 5
     assert (frame["runs"] == 6).all() and (frame["measured_ms"] > 0).all()
     fit = frame[frame["split"] == "fit"]
-    assert report.calibration == fit_calibration(fit["raw_sum_ms"], fit["measured_ms"]).__class__(
-        report.calibration.a, report.calibration.b, 4, report.calibration.fitted_at)
+    refit = fit_calibration(fit["raw_sum_ms"], fit["measured_ms"], fit["blocks"])
+    assert (report.calibration.a, report.calibration.b, report.calibration.per_block, report.calibration.networks) \
+        == (refit.a, refit.b, refit.per_block, 4)
     holdout = frame[frame["split"] == "holdout"]
     assert report.calibrated == accuracy(holdout["calibrated_ms"], holdout["measured_ms"])
     assert report.raw == accuracy(holdout["raw_sum_ms"], holdout["measured_ms"])
