@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import pandas as pd
@@ -34,13 +35,27 @@ from latency_lut.coreml_measure import (MANIFEST_COLUMNS, RESULT_COLUMNS, UNIT, 
                                         read_manifest)
 from latency_lut.profiling import reference_model
 from latency_lut.table import REFERENCE_KIND, LatencyTable, is_finite_positive, part_row, reference_key, reference_row
-from latency_lut.validation import fit_calibration, stratified_configs
+from latency_lut.validation import Accuracy, accuracy, fit_calibration, stratified_configs
 
 INPUT_NAME = "x"
 #: manifest rows of whole networks (calibration), keyed by their config key
 NETWORK_KIND = "network"
 #: docs/architecture.md §7: 200+ timed calls per package
 MIN_RUNS = 200
+#: whole networks a Core ML calibration needs (its error is then estimated leaving each one out)
+MIN_CALIBRATION_NETWORKS = 8
+#: columns whose value must be one for the whole table: one device, OS, compute units and tool version
+CONTEXT_COLUMNS = ("device", "os", "compute_units", "coremltools")
+
+
+@dataclass(frozen=True)
+class CoremlImport:
+    """What :func:`import_measurements` wrote: the table, its calibration's leave-one-out error on the
+    measured networks (None without networks) and the space's blocks it lacks (``allow_partial``)."""
+
+    table: LatencyTable
+    heldout: Optional[Accuracy]
+    missing: tuple[str, ...]
 
 
 def export_coreml(space: Union[str, SearchSpace], out_dir: Union[str, Path], parts: Optional[Sequence[Part]] = None,
@@ -170,21 +185,24 @@ def _write_manifest(manifest: Path, rows) -> None:
 # -- import ------------------------------------------------------------------------------------
 
 def import_measurements(manifest: Union[str, Path], measurements: Union[str, Path], out: Union[str, Path],
-                        min_runs: int = MIN_RUNS) -> LatencyTable:
+                        min_runs: int = MIN_RUNS, allow_partial: bool = False) -> CoremlImport:
     """A ``coreml`` latency table from the Mac's results CSV, checked against the export's manifest.
 
-    Refused, each with its own message: a missing file or column, a key not in the
-    manifest, a package hash different from the exported one, a unit other than ms, fewer
-    than ``min_runs`` timed runs, a latency that is not a positive number, a key twice.
-    Whole networks of the export (``networks=``), when at least 2 were measured, calibrate
-    the table: ``measured = a * sum_of_blocks + b`` fitted on them (every block they
-    contain must be measured too).
+    Refused, each with its own message, and nothing written: a missing file or column, a key
+    not in the manifest, a package hash different from the exported one, a unit other than ms,
+    fewer than ``min_runs`` timed runs, a latency that is not a positive number, a key twice;
+    rows of more than one device, OS version, compute-unit setting or coremltools version;
+    a table lacking blocks of the space (unless ``allow_partial``); 1 to 7 measured networks.
+    Whole networks of the export (``networks=``), 8 or more, calibrate the table
+    (``measured = a * sum_of_blocks + per_block * blocks + b``, every block they contain
+    measured too), and its error is estimated by fitting without each network in turn.
     """
     manifest, measurements = Path(manifest), Path(measurements)
     check_output(out, "--out", folder=False)
     entries = _read_manifest_checked(manifest)
     space = get_space(_manifest_space(manifest))
     results = _read_results(measurements)
+    _check_one_context(results, measurements)
     parts = {part.key: part for part in space_parts(space)}
     rows = []
     network_ms: dict[str, float] = {}  # whole networks measured on the device: the calibration
@@ -220,15 +238,55 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
         rows.append(identity | {
             "latency_ms": float(result["latency_median"]), "p10_ms": float(result["latency_p10"]),
             "p90_ms": float(result["latency_p90"]), "runs": int(runs), "backend": "coreml",
-            "device": f"{result['device']}; {result['os']}; compute units {result['compute_units']}",
-            "threads": 0, "versions": f"coremltools {result['coremltools']}",
+            "device": f"{result['device']}; {result['os']}; compute units {result['compute_units']}"
+                      + (f"; placement {result['placement']}" if _given(result.get("placement")) else ""),
+            "threads": 0, "versions": f"coremltools {result['coremltools']}"
+                                      + (f"; timer {result['timer']}" if _given(result.get("timer")) else ""),
             "measured_at": str(result["measured_at"])})
     table = LatencyTable.from_rows(rows, space.name, "coreml", 0, source=Path(out))
-    if len(network_ms) >= 2:
-        raw = [table.raw_sum_ms(SubnetConfig.from_key(space.name, key)) for key in network_ms]
-        table = table.with_calibration(fit_calibration(raw, list(network_ms.values())))
+    missing = tuple(key for key in parts if key not in table.keys)
+    if missing and not allow_partial:
+        raise InvalidInputError(f"{measurements}: {len(missing)} of the {len(parts)} blocks of space {space.name!r} "
+                                f"were not measured (first: {missing[0]}); expected every block (measure the rest "
+                                "with coreml_measure.py --resume, or pass --allow-partial for a partial table)")
+    heldout = None
+    if 0 < len(network_ms) < MIN_CALIBRATION_NETWORKS:
+        raise InvalidInputError(f"{measurements}: {len(network_ms)} whole network(s) measured; a calibration needs "
+                                f"at least {MIN_CALIBRATION_NETWORKS} to fit and to estimate its error (export with "
+                                f"--networks {MIN_CALIBRATION_NETWORKS} or more), or none")
+    if network_ms:
+        configs = [SubnetConfig.from_key(space.name, key) for key in network_ms]
+        raw = [table.raw_sum_ms(config) for config in configs]
+        blocks = [len(table.parts_of(config)) for config in configs]
+        measured = list(network_ms.values())
+        table = table.with_calibration(fit_calibration(raw, measured, blocks))
+        heldout = leave_one_out(raw, blocks, measured)
     table.save(out)
-    return table
+    return CoremlImport(table, heldout, missing)
+
+
+def leave_one_out(raw: Sequence[float], blocks: Sequence[int], measured: Sequence[float]) -> Accuracy:
+    """The calibration's error on networks it was not fitted on: each network predicted by a fit on
+    all the others."""
+    predicted = []
+    for i in range(len(raw)):
+        rest = [j for j in range(len(raw)) if j != i]
+        calibration = fit_calibration([raw[j] for j in rest], [measured[j] for j in rest], [blocks[j] for j in rest])
+        predicted.append(calibration.apply(raw[i], blocks[i]))
+    return accuracy(predicted, measured)
+
+
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and pd.isna(value)) and str(value) != ""
+
+
+def _check_one_context(results: pd.DataFrame, measurements: Path) -> None:
+    for column in CONTEXT_COLUMNS:
+        counts = results[column].astype(str).value_counts()
+        if len(counts) > 1:
+            found = ", ".join(f"{value!r} ({count} rows)" for value, count in counts.items())
+            raise InvalidInputError(f"{measurements}: the rows mix {column} values {found}; expected one {column} "
+                                    "per table (import each one's results into a table of its own)")
 
 
 def _read_manifest_checked(manifest: Path) -> dict:

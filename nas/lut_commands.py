@@ -88,11 +88,15 @@ def cmd_lut_export_coreml(args: argparse.Namespace) -> None:
 def cmd_lut_import(args: argparse.Namespace) -> None:
     from latency_lut import import_measurements
 
-    table = import_measurements(args.manifest, args.measurements, args.out, min_runs=args.min_runs)
-    print(f"{args.out}: {len(table.frame)} Core ML blocks of {table.space} imported")
-    c = table.calibration
-    print(f"calibration: {c.formula()} (fitted on {c.networks} measured networks)" if c else
-          "calibration: none (export with --networks N to calibrate on whole networks)")
+    result = import_measurements(args.manifest, args.measurements, args.out, min_runs=args.min_runs,
+                                 allow_partial=args.allow_partial)
+    table = result.table
+    print(f"{args.out}: {len(table.frame)} Core ML blocks of {table.space} imported"
+          + (f" ({len(result.missing)} of the space's blocks missing: a partial table)" if result.missing else ""))
+    c, heldout = table.calibration, result.heldout
+    print(f"calibration: {c.formula()} (fitted on {c.networks} measured networks; each left out in turn: MAPE "
+          f"{heldout.mape_pct:.1f}%, {heldout.within_10_pct:.0f}% within ±10%, Kendall tau {heldout.kendall_tau:.3f})"
+          if c else "calibration: none (export with --networks 8 or more to calibrate on whole networks)")
 
 
 def _positive(text: str) -> int:
@@ -152,5 +156,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--measurements", required=True, help="results CSV of coreml_measure.py")
     p.add_argument("--out", required=True, help="table file to write (.parquet or .csv)")
     p.add_argument("--min-runs", type=_positive, default=200, help="fewest timed runs accepted (default 200)")
+    p.add_argument("--allow-partial", action="store_true", help="write a table that lacks blocks of the space")
     p.set_defaults(handler=cmd_lut_import)
 

@@ -104,3 +104,27 @@ def quickstart_run(tmp_path_factory):
     result = run_nas("quickstart", "--out", out, "--recipe", recipe, *QUICKSTART_ARGS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, recipe, result
+
+
+MAC = {"compute_units": "CPU_AND_NE", "device": "Mac14,2 Apple M2", "os": "macOS 14.5", "coremltools": "9.0"}
+
+
+def coreml_results(manifest, out, latency=lambda entry: 0.05, context=MAC, rounds=2, runs=200):
+    """Results of ``coreml_measure.py`` for an export, made by the script's own functions (hash check,
+    rounds, samples, summary) with recorded timings in place of Core ML (no Mac here): each call
+    takes ``latency(entry)`` ms inside Core ML and 0.01 ms more on the wall clock."""
+    from latency_lut import coreml_measure as script
+
+    entries = script.read_manifest(manifest)
+    hashes = script.verify_packages(manifest.parent, entries)
+    settings = script.Settings(rounds=rounds, runs=runs, warmup=1)
+    samples, failures = (out.with_name(f"{out.stem}.{kind}.csv") for kind in ("samples", "failures"))
+    for path in (out, samples, failures):
+        path.unlink(missing_ok=True)
+
+    def open_package(package, entry):
+        return script.Predictor(lambda: (latency(entry), latency(entry) + 0.01), "NE 0.90 GPU 0.00 CPU 0.10")
+
+    script.measure(entries, manifest.parent, open_package, settings, samples, failures, log=lambda line: None)
+    script.write_results(out, script.summarize(entries, hashes, samples, settings, context))
+    return out

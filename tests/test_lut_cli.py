@@ -5,9 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import parse_nas_command
+from conftest import MAC, coreml_results, parse_nas_command
 from latency_lut import LatencyTable, space_parts
-from latency_lut import coreml_measure as script
 
 SPACE = "efficientformerv2-tiny@32"
 
@@ -62,23 +61,25 @@ def test_import_through_the_command_line(nas_cli, tmp_path):
 
     part = [p for p in space_parts(SPACE) if p.kind == "ffn"][0]
     manifest = export_coreml(SPACE, tmp_path / "export", parts=[part], include_reference=False, progress=False)
-    (entry,) = script.read_manifest(manifest)
-    measurements = tmp_path / "measurements.csv"
-    env = {"device": "iPhone13,2", "os": "iOS 17.5", "coremltools": "9.0"}
-    sha256 = script.package_sha256(manifest.parent / entry.file)
-    script.append_results([script.result_row(entry, sha256, [1.0, 1.1, 1.2] * 70, 30, "ALL", env)], measurements)
+    measurements = coreml_results(manifest, tmp_path / "measurements.csv",
+                                  context=MAC | {"device": "iPhone13,2", "os": "iOS 17.5"})
     out = tmp_path / "coreml.parquet"
-    result = nas_cli("lut", "import", "--manifest", manifest, "--measurements", measurements, "--out", out)
+    partial = nas_cli("lut", "import", "--manifest", manifest, "--measurements", measurements, "--out", out)
+    _assert_clean_error(partial, "were not measured", "--allow-partial")
+    assert not out.exists()
+    result = nas_cli("lut", "import", "--manifest", manifest, "--measurements", measurements, "--out", out,
+                     "--allow-partial")
     assert result.returncode == 0, result.stderr
+    assert "a partial table" in result.stdout
     assert LatencyTable.load(out).keys == {part.key}
     # a results file of another export: refused, nothing written
     rows = list(csv.DictReader(open(measurements)))
     rows[0]["sha256"] = "f" * 64
     other = tmp_path / "other.csv"
-    script.append_results(rows, other)
+    pd.DataFrame(rows).to_csv(other, index=False)
     refused_out = tmp_path / "refused.parquet"
     _assert_clean_error(nas_cli("lut", "import", "--manifest", manifest, "--measurements", other, "--out",
-                                refused_out), "hash mismatch")
+                                refused_out, "--allow-partial"), "hash mismatch")
     assert not refused_out.exists()
 
 
