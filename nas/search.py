@@ -32,6 +32,7 @@ re-evaluating any stored config.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -156,8 +157,11 @@ class Evaluator:
     """
 
     def __init__(self, objectives: Objectives, study, algorithm: str,
-                 shared: Optional[dict[str, Scores]] = None, criterion: str = "top1") -> None:
+                 shared: Optional[dict[str, Scores]] = None, criterion: str = "top1", queue=None) -> None:
+        """``queue``: a :class:`nas.workers.ScoreQueue`; batches (:meth:`many`) are then scored by every
+        process serving it, this one included."""
         self.objectives, self.study, self.algorithm, self.criterion = objectives, study, algorithm, criterion
+        self.queue = queue
         self.cache: dict[str, Metrics] = store.stored_metrics(study) if study is not None else {}
         self.shared = shared or {}
         self.evaluations = 0  # new evaluations made by this process
@@ -185,6 +189,21 @@ class Evaluator:
             if record and self.study is not None:
                 store.record(self.study, self.objectives.space, config, metrics, self.algorithm, self.criterion)
         return metrics
+
+    def many(self, configs: Sequence[SubnetConfig]) -> list[Metrics]:
+        """The metrics of a batch of configs, in order. With a queue, the configs not known yet are scored
+        by the processes serving it (the prefix shared by :meth:`share_prefix` travels with them), then
+        filed as one process files them; without, one after the other here."""
+        if self.queue is not None:
+            new = list({c.key: c for c in configs if c.key not in self.cache and c.key not in self.shared}.values())
+            if new:
+                from nas.workers import prepared_score
+
+                prefix, self._prefix = self._prefix, None
+                scores = self.queue.run(new, prefix, lambda claim: prepared_score(self.objectives.accuracy, claim))
+                self.evaluations += len(new)
+                self.shared = {**self.shared, **{key: scores[key] for key in scores}}
+        return [self(config) for config in configs]
 
     @property
     def distinct(self) -> int:
@@ -271,8 +290,7 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
         useful = [i for i, gain in enumerate(gains) if gain > 0] or list(range(len(candidates)))
         evaluate.share_prefix(state)  # every move changes one stage: the ones before it are the state's
         scored = []
-        for i in useful:
-            after = evaluate(candidates[i][1])
+        for i, after in zip(useful, evaluate.many([candidates[i][1] for i in useful])):
             drop = current.score(criterion) - after.score(criterion)
             scored.append([_rank(drop, gains[i]), i, drop, after])
         scored.sort(key=lambda row: (row[0], row[1]))  # ties keep the first move in order
@@ -353,14 +371,15 @@ def best_per_budget(evaluated: Sequence[tuple[SubnetConfig, Metrics]], budgets: 
 def random_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Budget], evaluations: int,
                   seed: int, progress=None, criterion: str = "top1") -> tuple[list[dict], dict]:
     rng = random.Random(seed)
+    configs = [sample_within(space, budgets[0], rng, evaluate.objectives.costs) for _ in range(evaluations)]
     evaluated, trajectory = [], []
-    for i in range(evaluations):
-        config = sample_within(space, budgets[0], rng, evaluate.objectives.costs)
-        metrics = evaluate(config)
-        evaluated.append((config, metrics))
-        trajectory.append(_row(i + 1, "sample", metrics, None))
-        if progress and (i + 1) % 10 == 0:
-            progress(f"{i + 1}/{evaluations} random configs evaluated")
+    for start in range(0, evaluations, 10):  # batches of 10: served by workers where there are some
+        batch = configs[start:start + 10]
+        for i, (config, metrics) in enumerate(zip(batch, evaluate.many(batch)), start=start):
+            evaluated.append((config, metrics))
+            trajectory.append(_row(i + 1, "sample", metrics, None))
+        if progress:
+            progress(f"{start + len(batch)}/{evaluations} random configs evaluated")
     return trajectory, best_per_budget(evaluated, budgets, criterion)
 
 
@@ -455,7 +474,7 @@ def check_evaluations(evaluations: int) -> None:
 def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
                arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
                progress=None, evaluation_id: Optional[dict] = None, criterion: str = "top1",
-               recheck: Optional[tuple[Objectives, int, Optional[dict]]] = None) -> SearchResult:
+               recheck: Optional[tuple[Objectives, int, Optional[dict]]] = None, queue=None) -> SearchResult:
     """Run (or resume) one search; ``arguments`` name the study (same arguments, same study).
 
     ``evaluation_id`` names what a config's scores depend on (the supernet's weights and the
@@ -464,6 +483,9 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     ``recheck = (objectives, k, evaluation_id)``: the fine-grained step re-scores its ``k`` best
     moves on the objectives' (second) slice before committing; those scores are kept in the
     study ``NAME-recheck``.
+    ``queue`` (:class:`nas.workers.ScoreQueue`): batches of configs are scored by every process serving
+    it (the fine-grained and v1-scale steps' moves, random samples); the recheck slice and NSGA-II/TPE
+    proposals are scored here. One driver per study: a second one is refused while the first lives.
     """
     if algorithm not in ALGORITHMS:
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -480,7 +502,7 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
                                        **({"evaluation": evaluation} if evaluation else {})})
     earlier = store.elapsed_seconds(study)  # a resumed search's wall time counts its earlier runs
     shared = store.shared_scores(storage, evaluation, exclude=study.study_name) if evaluation else {}
-    evaluate = Evaluator(objectives, study, algorithm, shared, criterion)
+    evaluate = Evaluator(objectives, study, algorithm, shared, criterion, queue)
     second = None
     if recheck is not None and recheck[1] > 0 and algorithm in ("fine-grained", "v1-scale"):
         # the recheck slice's scores: a study of their own (resumable, shared like any other)
@@ -491,19 +513,26 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
                                              **({"evaluation": evaluation_2} if evaluation_2 else {})})
         shared_2 = store.shared_scores(storage, evaluation_2, exclude=study_2.study_name) if evaluation_2 else {}
         second = (Evaluator(objectives_2, study_2, algorithm, shared_2, criterion), k)
-    if algorithm == "fine-grained":
-        trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress,
-                                             criterion=criterion, recheck=second)
-    elif algorithm == "v1-scale":
-        trajectory, selected = greedy_search(space, evaluate, budgets, V1_MOVES, progress=progress,
-                                             criterion=criterion, recheck=second)
-    elif algorithm == "v1-scale+prune":
-        trajectory, selected = _v1_scale_prune(space, evaluate, budgets, supernet, progress, criterion)
-    elif algorithm == "random":
-        trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress, criterion)
+    if queue is not None:
+        from nas.workers import DriverLease
+
+        lease = DriverLease(study, queue.stale_after)
     else:
-        trajectory, selected = sampler_search(space, evaluate, budgets, evaluations, study, algorithm, seed,
-                                              progress, criterion)
+        lease = contextlib.nullcontext()
+    with lease:
+        if algorithm == "fine-grained":
+            trajectory, selected = greedy_search(space, evaluate, budgets, MOVE_KINDS, progress=progress,
+                                                 criterion=criterion, recheck=second)
+        elif algorithm == "v1-scale":
+            trajectory, selected = greedy_search(space, evaluate, budgets, V1_MOVES, progress=progress,
+                                                 criterion=criterion, recheck=second)
+        elif algorithm == "v1-scale+prune":
+            trajectory, selected = _v1_scale_prune(space, evaluate, budgets, supernet, progress, criterion)
+        elif algorithm == "random":
+            trajectory, selected = random_search(space, evaluate, budgets, evaluations, seed, progress, criterion)
+        else:
+            trajectory, selected = sampler_search(space, evaluate, budgets, evaluations, study, algorithm, seed,
+                                                  progress, criterion)
     result = SearchResult(algorithm, list(budgets), selected, trajectory, evaluate.distinct,
                           earlier + time.perf_counter() - started, evaluate.evaluations, study=study.study_name)
     if second is not None:

@@ -32,7 +32,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     protocol = SEARCH_PROTOCOL.replace(images=args.eval_images, offset=args.eval_offset, bn_batches=args.bn_batches)
     job = SearchJob(args.supernet, args.lut, args.out, storage=args.storage, alpha_latency=args.alpha_lat,
                     alpha_size=args.alpha_size, protocol=protocol, criterion=args.criterion, recheck=args.recheck,
-                    data_dir=args.data_dir)
+                    data_dir=args.data_dir, workers=args.workers, stale_after=args.stale_after)
     budgets = job.check(budgets if budgets is not None else job.default_family())
     progress = None if args.quiet else (lambda line: print(line, flush=True))
     result = job.run(budgets, args.algorithm, seed=args.seed, evaluations=args.evaluations, progress=progress,
@@ -60,6 +60,16 @@ def cmd_results_show(args: argparse.Namespace) -> None:
             print(f"{study}: {len(group)} Pareto configs of {count} evaluated (accuracy vs MES)")
             shown = group[columns[1:]].assign(params=group["params"] / 1e6).rename(columns={"params": "params_m"})
             print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n")
+
+
+def cmd_search_worker(args: argparse.Namespace) -> None:
+    from nas.workers import run_worker
+
+    if args.idle_exit < 0 or args.stale_after <= 0:
+        raise InvalidInputError(f"--idle-exit {args.idle_exit} / --stale-after {args.stale_after}: expected seconds "
+                                "(0 or more / more than 0)")
+    run_worker(args.storage, args.queue, Path(args.supernet) if args.supernet else None, args.data_dir,
+               idle_exit=args.idle_exit, stale_after=args.stale_after, log=lambda line: print(line, flush=True))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -96,8 +106,25 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help=f"batches of {SEARCH_PROTOCOL.batch_size} training images for BatchNorm recalibration "
                         f"(default {SEARCH_PROTOCOL.bn_batches})")
     p.add_argument("--data-dir")
+    p.add_argument("--workers", action="store_true",
+                   help="score batches of configs through --storage's queue, served by this process and any number "
+                        "of nas search-worker processes (--storage journal:///FILE or postgresql://...)")
+    p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
+                   help="with --workers: a worker silent this long has its config queued again (default 60)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_search)
+
+    p = commands.add_parser("search-worker", help="score the configs a nas search --workers queues")
+    p.add_argument("--storage", required=True, metavar="URL", help="the search's --storage")
+    p.add_argument("--queue", help="one score queue of the storage (default: all of them)")
+    p.add_argument("--supernet", metavar="RUN_DIR", help="this machine's copy of the search's supernet run "
+                   "(default: the path the search recorded)")
+    p.add_argument("--data-dir")
+    p.add_argument("--idle-exit", type=float, default=60.0, metavar="SECONDS",
+                   help="stop after this long without work (0: never; default 60)")
+    p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
+                   help="a worker silent this long has its config queued again (default 60)")
+    p.set_defaults(handler=cmd_search_worker)
 
     results = commands.add_parser("results", help="read result stores")
     results_commands = results.add_subparsers(dest="results_command", metavar="SUBCOMMAND", required=True)

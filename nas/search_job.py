@@ -39,10 +39,14 @@ DEFAULT_CRITERION = "kl"  # benchmarks/RESULTS-search.md: 19x top-1's signal-to-
 class SearchJob:
     def __init__(self, supernet_run: PathLike, lut: PathLike, out: PathLike, storage: Optional[str] = None,
                  alpha_latency: float = 1.0, alpha_size: float = 0.5, protocol: EvalProtocol = SEARCH_PROTOCOL,
-                 criterion: str = DEFAULT_CRITERION, recheck: int = 0, data_dir: Optional[str] = None) -> None:
+                 criterion: str = DEFAULT_CRITERION, recheck: int = 0, data_dir: Optional[str] = None,
+                 workers: bool = False, stale_after: float = 60.0) -> None:
         """``protocol``: the search slice and BatchNorm batches; ``criterion``: what a step ranks moves by;
         ``recheck``: the fine-grained step re-scores its best ``recheck`` moves on the next slice of as
-        many images before committing (0: the paper's plain step)."""
+        many images before committing (0: the paper's plain step); ``workers``: batches of configs go
+        through the storage's score queue, served by ``nas search-worker`` processes (nas.workers; the
+        storage must be JournalStorage or PostgreSQL); ``stale_after``: seconds of silence after which
+        a worker's config is queued again."""
         from latency_lut import LatencyTable, missing_parts
 
         from nas.mes import check_alpha
@@ -75,8 +79,15 @@ class SearchJob:
                                     + nas_command("build-lut", "--space", space.name, "--backend", table.backend,
                                                   "--out", lut))
         self.storage = storage or default_storage(self.out)
+        if workers:
+            from nas.workers import check_shared_storage
+
+            check_shared_storage(self.storage)
+            if not stale_after > 0:
+                raise InvalidInputError(f"--stale-after {stale_after}: expected a positive number of seconds")
         if storage is not None:  # the default, DIR/study.db, is created by the first search that runs
             check_storage(self.storage)
+        self.workers, self.stale_after = workers, stale_after
         self.protocol, self.criterion, self.recheck = protocol, criterion, recheck
         self.accuracy = SupernetAccuracy(self.supernet_run, protocol, data_dir=data_dir, loaded=loaded)
         self.space = space
@@ -116,9 +127,16 @@ class SearchJob:
         arguments = {**self.objectives_id, "budgets": [b.label for b in budgets]}
         if algorithm in SAMPLING:  # the greedy searches use neither
             arguments.update(seed=seed, evaluations=evaluations)
+        queue = None
+        if self.workers:
+            from nas.workers import ScoreQueue
+
+            queue = ScoreQueue.create(self.storage, self.evaluation_id, self.space.name, self.supernet_run,
+                                      stale_after=self.stale_after)
         result = run_search(self.objectives, budgets, algorithm, self.storage, arguments, evaluations=evaluations,
                             seed=seed, supernet=self.accuracy.supernet, progress=progress,
-                            evaluation_id=self.evaluation_id, criterion=self.criterion, recheck=self.recheck_with)
+                            evaluation_id=self.evaluation_id, criterion=self.criterion, recheck=self.recheck_with,
+                            queue=queue)
         result.written = write_search_outputs(result, self.out, command)
         return result
 

@@ -19,8 +19,9 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from search_spaces import BlockConfig, InvalidInputError, NasError, SearchSpace, StageConfig, SubnetConfig
 from supernet.protocol import Scores
@@ -85,10 +86,23 @@ def default_storage(out: Path) -> str:
 _CREATION_RACES = ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
 
 
+QUEUE_KIND = "score queue"  # the user attribute "kind" of a search's score queue (nas.workers)
+JOURNAL = "journal://"  # journal:///PATH: Optuna's JournalStorage on a file (several processes, one machine)
+
+
 def get_storage(storage: str, attempts: int = 10):
-    """Optuna's storage for a URL. Several processes started at once on a new store race to create its
-    tables; a loser retries and finds the tables the winner made."""
+    """Optuna's storage for a URL: ``sqlite:///...``, ``postgresql://...`` (any SQLAlchemy URL) or
+    ``journal:///PATH``. Several processes started at once on a new store race to create its tables;
+    a loser retries and finds the tables the winner made."""
     optuna = _optuna()
+    if storage.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = storage[len(JOURNAL):]
+        if not path or Path(path).is_dir():
+            raise InvalidInputError(f"--storage {storage!r}: expected journal:///PATH naming a journal file")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
     for attempt in range(attempts):
         try:
             return optuna.storages.get_storage(storage)
@@ -108,19 +122,21 @@ def check_storage(storage: str) -> None:
 
 
 def open_study(storage: str, study_name: str, metric_names: Optional[list[str]] = None, sampler=None,
-               metadata: Optional[dict[str, Any]] = None):
+               metadata: Optional[dict[str, Any]] = None, directions: Sequence[str] = DIRECTIONS):
     """Create or load a study (its objectives named ``metric_names`` for Optuna's own tools); a storage
     that cannot be opened is one clear error."""
     optuna = _optuna()
     try:
         study = optuna.create_study(storage=get_storage(storage), study_name=study_name,
-                                    directions=list(DIRECTIONS),
+                                    directions=list(directions),
                                     sampler=sampler, load_if_exists=True)
     except Exception as error:  # bad URL, missing driver, unreachable server, unwritable file
         raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
                                 f"{str(error).splitlines()[0][:200]}") from None
     if metric_names and study.metric_names != metric_names:
-        study.set_metric_names(metric_names)
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names)
     for key, value in (metadata or {}).items():
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
@@ -162,9 +178,11 @@ def shared_scores(storage: str, evaluation_id: Any, exclude: str = "") -> dict[s
     optuna = _optuna()
     result: dict[str, Scores] = {}
     with _readable(storage):
-        for summary in optuna.study.get_all_study_summaries(storage):
-            if summary.study_name != exclude and summary.user_attrs.get("evaluation") == evaluation_id:
-                study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        opened = get_storage(storage)
+        for summary in optuna.study.get_all_study_summaries(opened):
+            if summary.study_name != exclude and summary.user_attrs.get("evaluation") == evaluation_id \
+                    and summary.user_attrs.get("kind") != QUEUE_KIND:
+                study = optuna.load_study(study_name=summary.study_name, storage=opened)
                 result.update((key, m.scores) for key, m in stored_metrics(study).items())
     return result
 
@@ -230,6 +248,8 @@ def studies_dataframe(folder: Path):
         storage = f"sqlite:///{db.resolve()}"
         with _readable(storage):
             for summary in optuna.study.get_all_study_summaries(storage):
+                if summary.user_attrs.get("kind") == QUEUE_KIND:
+                    continue  # the scores of a search with workers, not a search
                 study = optuna.load_study(study_name=summary.study_name, storage=storage)
                 rows = [dict(trial.user_attrs, trial=trial.number) for trial in study.get_trials(deepcopy=False)
                         if trial_metrics(trial) is not None]

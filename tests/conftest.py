@@ -128,3 +128,42 @@ def coreml_results(manifest, out, latency=lambda entry: 0.05, context=MAC, round
     script.measure(entries, manifest.parent, open_package, settings, samples, failures, log=lambda line: None)
     script.write_results(out, script.summarize(entries, hashes, samples, settings, context))
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server (Debian's ``postgresql``), started in a temporary folder on a local
+    socket for the session (as the ``postgres`` user when the tests run as root). Skipped where the
+    server or the driver (``pip install .[postgres]``) is missing; ``.ci/run`` installs both."""
+    import glob
+    import shutil
+    import tempfile
+
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    folder = binaries[-1] if binaries else os.path.dirname(shutil.which("pg_ctl") or "")
+    if not folder or not os.path.exists(os.path.join(folder, "initdb")):
+        pytest.skip("needs PostgreSQL's server (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="needs the PostgreSQL driver (pip install .[postgres])")
+    base = tempfile.mkdtemp(prefix="nas-pg-")
+    as_user = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(base, "data"), "5439"
+
+    def run(*command):
+        subprocess.run([*as_user, *command], check=True, capture_output=True, text=True, timeout=120)
+
+    run(os.path.join(folder, "initdb"), "-D", data, "-A", "trust", "-U", "postgres")
+    run(os.path.join(folder, "pg_ctl"), "-D", data, "-w", "-l", os.path.join(base, "log"), "-o",
+        f"-k {base} -p {port} -c listen_addresses=''", "start")
+    try:
+        run(os.path.join(folder, "createdb"), "-h", base, "-p", port, "-U", "postgres", "nas")
+        yield f"postgresql://postgres@/nas?host={base}&port={port}"
+    finally:
+        subprocess.run([*as_user, os.path.join(folder, "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
