@@ -36,23 +36,19 @@ def static_step(models, images, targets, optimizer) -> None:
     optimizer.step()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="efficientformerv2-tiny")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def measure_overhead(space_name: str, batch: int, repeats: int, device: str = "cpu") -> dict:
+    """Median seconds of a sandwich train step and an eval forward, supernet against static timm
+    networks, interleaved: ``{phase: (supernet_s, static_s)}`` and the configs."""
     torch.manual_seed(0)
-    supernet = Supernet(args.space)
+    device = torch.device(device)
+    supernet = Supernet(space_name).to(device)
     space = supernet.space
     configs = sandwich_configs(space, random.Random(0), 2)
     statics = [extract(supernet, config).train() for config in configs]
     for model in statics:  # timm's head returns the average of its two heads in training too
         model.distilled_training = False
-    images = torch.randn(args.batch, 3, space.resolution, space.resolution)
-    targets = torch.softmax(torch.randn(args.batch, supernet.num_classes), dim=-1)
+    images = torch.randn(batch, 3, space.resolution, space.resolution, device=device)
+    targets = torch.softmax(torch.randn(batch, supernet.num_classes, device=device), dim=-1)
     super_opt = torch.optim.AdamW(supernet.parameters(), lr=1e-4)
     static_opt = torch.optim.AdamW([p for m in statics for p in m.parameters()], lr=1e-4)
 
@@ -75,8 +71,12 @@ def main() -> None:
                 model(images)
 
     def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     results = {}
@@ -87,16 +87,35 @@ def main() -> None:
             model.train(setup == "train")
         a(), b()  # warm-up
         times_a, times_b = [], []
-        for i in range(args.repeats):
+        for i in range(repeats):
             order = (a, b) if i % 2 == 0 else (b, a)  # interleave, alternate who goes first
             for fn in order:
                 (times_a if fn is a else times_b).append(timed(fn))
         results[phase] = (statistics.median(times_a), statistics.median(times_b))
-    print(f"space {space.name}, batch {args.batch}, {args.threads} threads, {args.repeats} interleaved repeats")
-    print("configs: " + ", ".join(c.key for c in configs))
-    for phase, (super_s, static_s) in results.items():
-        print(f"{phase:13s} supernet {super_s * 1e3:8.1f} ms   static timm {static_s * 1e3:8.1f} ms   "
-              f"ratio {super_s / static_s:.3f}")
+    return {"results": results, "configs": configs, "space": space}
+
+
+def report(measured: dict) -> str:
+    lines = ["configs: " + ", ".join(c.key for c in measured["configs"])]
+    for phase, (super_s, static_s) in measured["results"].items():
+        lines.append(f"{phase:13s} supernet {super_s * 1e3:8.1f} ms   static timm {static_s * 1e3:8.1f} ms   "
+                     f"ratio {super_s / static_s:.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="efficientformerv2-tiny")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    measured = measure_overhead(args.space, args.batch, args.repeats, args.device)
+    print(f"space {measured['space'].name}, batch {args.batch}, {args.threads} threads, {args.device}, "
+          f"{args.repeats} interleaved repeats")
+    print(report(measured))
 
 
 if __name__ == "__main__":

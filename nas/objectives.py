@@ -70,10 +70,10 @@ class SupernetAccuracy:
         """``loaded``: the run's ``(supernet, recipe)`` if the caller has already loaded it."""
         from search_spaces.runtime import check_configured
         from supernet.evaluate import SubnetScorer
-        from supernet.checkpoint import load_supernet
+        from supernet.checkpoint import load_supernet, scoring_device
 
         check_configured("the search's scorer")
-        self.supernet, recipe = loaded or load_supernet(Path(supernet_run))
+        self.supernet, recipe = loaded or load_supernet(Path(supernet_run), scoring_device())
         self.protocol = protocol
         self.scorer = SubnetScorer.from_protocol(self.supernet, recipe, protocol, data_dir=data_dir)
         self.cache: dict[str, Scores] = {}

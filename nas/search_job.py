@@ -53,7 +53,7 @@ class SearchJob:
         from nas.objectives import Objectives, SupernetAccuracy
         from nas.store import check_storage, default_storage
         from supernet.protocol import check_criterion
-        from supernet.checkpoint import CHECKPOINT, load_supernet
+        from supernet.checkpoint import CHECKPOINT, load_supernet, scoring_device
 
         check_alpha(alpha_latency, "--alpha-lat")
         check_alpha(alpha_size, "--alpha-size")
@@ -67,7 +67,7 @@ class SearchJob:
                                     "sqlite:///study.db), or no --storage for DIR/study.db")
         self.supernet_run, self.lut, self.out = Path(supernet_run), Path(lut), check_output(out, "--out", folder=True)
         table = LatencyTable.load(self.lut)
-        loaded = load_supernet(self.supernet_run)
+        loaded = load_supernet(self.supernet_run, scoring_device())
         space = loaded[0].space
         if table.space != space.name:
             raise InvalidInputError(f"the supernet in {str(supernet_run)!r} is of space {space.name!r} but the "

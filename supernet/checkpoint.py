@@ -91,8 +91,14 @@ def restore_rng(state: dict[str, Any], sampler_rng: random.Random) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def scoring_device() -> torch.device:
+    """Where the search scores configs: the GPU when torch sees one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_supernet(run_dir: Path, device: Optional[torch.device] = None) -> tuple[Supernet, Recipe]:
-    """The supernet of a run folder (``RUN_DIR/checkpoint.pt`` or the checkpoint file itself)."""
+    """The supernet of a run folder (``RUN_DIR/checkpoint.pt`` or the checkpoint file itself), on ``device``
+    (default: the CPU)."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
     if not run_dir.exists():
