@@ -1,0 +1,82 @@
+"""One search scored by one process against the same search scored by two (nas search --workers).
+
+The same fine-grained search (the quickstart's supernet and table, one budget, a fresh
+JournalStorage each time so that nothing is reused) is run alternately
+
+* **1 process**: the driver alone scores every config, with all the machine's threads;
+* **2 processes**: the driver and one ``nas search-worker``, the threads split between them;
+
+``--repeats`` times each, interleaved; the wall times, their medians and the ratio are printed,
+and the two searches' trajectories are checked to be identical.
+
+    python benchmarks/workers_speed.py --supernet runs/quickstart/supernet \\
+        --lut runs/quickstart/lut/efficientformerv2-tiny-onnxruntime.parquet [--params 0.9M] [--repeats 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(supernet: str, lut: str, budget: str, processes: int, threads: int, work: Path) -> tuple[float, pd.DataFrame]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    storage = f"journal:///{work}/journal.log"
+    per_process = max(1, threads // processes)
+    env = dict(os.environ, OMP_NUM_THREADS=str(per_process))
+    search = [sys.executable, "-m", "nas.cli", "search", "--supernet", supernet, "--lut", lut, "--params", budget,
+              "--out", str(work / "out"), "--storage", storage, "--workers", "--quiet"]
+    started = time.perf_counter()
+    driver = subprocess.Popen(search, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    helpers = [subprocess.Popen([sys.executable, "-m", "nas.cli", "search-worker", "--storage", storage,
+                                 "--idle-exit", "3"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(processes - 1)]
+    _, err = driver.communicate()
+    seconds = time.perf_counter() - started
+    for helper in helpers:
+        helper.terminate()
+        helper.wait()
+    if driver.returncode != 0:
+        raise SystemExit(f"the search failed: {err[-2000:]}")
+    (trajectory,) = (work / "out").glob("fine-grained-*-trajectory.csv")
+    return seconds, pd.read_csv(trajectory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--supernet", required=True)
+    parser.add_argument("--lut", required=True)
+    parser.add_argument("--params", default="0.9M", help="the search's budget")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="workers-speed-"))
+    seconds = {1: [], 2: []}
+    trajectories = {}
+    for repeat in range(args.repeats):
+        for processes in ((1, 2) if repeat % 2 == 0 else (2, 1)):  # interleaved, alternating who goes first
+            elapsed, trajectories[processes] = run(args.supernet, args.lut, args.params, processes, args.threads,
+                                                   work / f"p{processes}")
+            seconds[processes].append(elapsed)
+            print(f"repeat {repeat + 1}: {processes} process(es): {elapsed:.1f} s", flush=True)
+    pd.testing.assert_frame_equal(trajectories[1], trajectories[2])
+    one, two = (statistics.median(seconds[p]) for p in (1, 2))
+    print(f"\nsearch to {args.params}, {len(trajectories[1]) - 1} steps; {args.threads} threads in all; medians of "
+          f"{args.repeats}: 1 process {one:.1f} s, 2 processes {two:.1f} s, ratio {two / one:.2f} "
+          "(trajectories identical)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
