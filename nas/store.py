@@ -16,7 +16,6 @@ URL Optuna accepts works for several machines sharing one study.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 import warnings
@@ -34,7 +33,6 @@ DIRECTIONS = ("maximize", "maximize")  # accuracy, MES
 def _optuna():
     import optuna
 
-    optuna.logging.set_verbosity(logging.WARNING)
     return optuna
 
 
