@@ -61,7 +61,7 @@ def test_every_command_the_quickstart_prints_parses_to_what_it_ran(quickstart_ru
     (train,) = {(a.recipe, a.out) for a in by_command["train-supernet"]}
     assert (train[0], Path(train[1])) == (str(recipe), out / "supernet")
     (lut,) = {Path(a.out) for a in by_command["build-lut"]}
-    assert {Path(a.table) for a in by_command["lut"]} == {lut} and lut.exists()
+    assert {Path(a.file) for a in by_command["lut"]} == {lut} and lut.exists()
     for search in by_command["search"]:
         assert (Path(search.supernet), Path(search.lut), Path(search.out)) == (out / "supernet", lut, out / "search")
         assert (search.eval_images, search.bn_batches, search.criterion) == (64, 1, "kl")

@@ -65,6 +65,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # 1.5 min: make test-slow
 def test_attention_bias_and_ranking_fidelity_run_on_the_quickstart(quickstart_run, tmp_path):
     out, recipe, _ = quickstart_run
     first = _run("attention_bias", out, recipe, tmp_path, "--seeds", "1")
