@@ -88,13 +88,13 @@ def main() -> None:
           f"{sum(macs) / len(macs) * images / (cpu_tmacs * 1e12) / 60:.0f} min, the search "
           f"{total_macs / (cpu_tmacs * 1e12) / 86400:.0f} days")
     print("\nGPU estimate (an assumed effective throughput, not a measurement); wall time of the search:")
-    print(f"{'TMAC/s':>8} {'s / eval':>9} {'1 GPU':>10} {'8 GPUs':>10} {'64 GPUs':>10}")
+    print(f"{'TMAC/s':>8} {'s / eval':>9} {'1 GPU':>12} {'8 GPUs':>12} {'64 GPUs':>12}")
     for tmacs in args.gpu_tmacs:
         seconds = sum(macs) / len(macs) * images / (tmacs * 1e12)
         walls = []
         for gpus in (1, 8, 64):
             walls.append(sum(math.ceil(m / gpus) for m in moves) * seconds)
-        print(f"{tmacs:8.0f} {seconds:9.2f} " + " ".join(f"{w / 3600:9.1f}h" for w in walls))
+        print(f"{tmacs:8.0f} {seconds:9.2f} " + " ".join(f"{w / 60:8.0f} min" for w in walls))
 
 
 if __name__ == "__main__":
