@@ -20,7 +20,7 @@ The configs:
 Every network: the supernet's recipe and budget (``fashion-mnist-tiny``: one epoch on its
 training images), one seed each; test and held-out val top-1.
 
-    python experiments/reproduce/truth_bank.py                     # ~75 min on 2 cores for 48 + 10
+    python experiments/reproduce/truth_bank.py                     # 2-3 h on 2 cores for 48 + 10 runs
     python experiments/reproduce/truth_bank.py --max-runs 5        # add at most 5 rows, then stop
 """
 from __future__ import annotations
