@@ -75,7 +75,7 @@ class ScoreQueue:
         self.storage = store.get_storage(storage)
         self.study = optuna.load_study(study_name=name, storage=self.storage)
         self.study_id = self.storage.get_study_id_from_name(name)
-        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.stale_after, self.heartbeat = stale_after, min(heartbeat, stale_after / 3)  # beats well inside it
         attrs = self.study.user_attrs
         self.space = get_space(attrs["space"])
         self.evaluation = attrs["evaluation"]
@@ -239,42 +239,34 @@ class ScoreQueue:
 
 def run_worker(storage: str, queue: Optional[str] = None, supernet: Optional[Path] = None,
                data_dir: Optional[str] = None, idle_exit: float = 60.0, poll: float = 0.5,
-               stale_after: float = 60.0, log: Callable[[str], None] = print) -> int:
-    """Score queued configs of ``storage``'s score queues until none has come for ``idle_exit`` seconds
-    (0: forever). ``supernet``: this machine's copy of the driver's supernet run (default: the path the
-    driver recorded); its weights must be the driver's. Returns how many configs it scored."""
-    from nas.objectives import SupernetAccuracy
-    from search_spaces.io import file_digest
-    from supernet.checkpoint import CHECKPOINT
-    from supernet.protocol import EvalProtocol
-
-    queues = ScoreQueue.find(storage, queue, stale_after=stale_after)
-    scorers = {}
-    for q in queues:
-        run = Path(supernet) if supernet is not None else Path(q.supernet)
-        checkpoint = run / CHECKPOINT if run.is_dir() else run
-        if not checkpoint.is_file():
-            raise InvalidInputError(f"no supernet checkpoint at {str(checkpoint)!r} for queue {q.name!r}; expected "
-                                    "the driver's supernet run on this machine (--supernet RUN)")
-        digest = file_digest(checkpoint)
-        if digest != q.evaluation["supernet_sha1"]:
-            raise InvalidInputError(f"the supernet {str(checkpoint)!r} (SHA-1 {digest[:12]}...) is not the one the "
-                                    f"search scores with ({q.evaluation['supernet_sha1'][:12]}...); expected the "
-                                    "driver's checkpoint, copied unchanged")
-        protocol = EvalProtocol(**q.evaluation["protocol"])
-        accuracy = SupernetAccuracy(checkpoint.parent, protocol, data_dir=data_dir or q.evaluation.get("data_dir"))
-        scorers[q.name] = accuracy
-    scored, idle_since = 0, time.monotonic()
+               stale_after: float = 60.0, rescan: float = 5.0, log: Callable[[str], None] = print) -> int:
+    """Score queued configs of ``storage``'s score queues (or the one named ``queue``) until none has come
+    for ``idle_exit`` seconds (0: forever); queues created meanwhile (a search's recheck slice, another
+    search) are found every ``rescan`` seconds. ``supernet``: this machine's copy of the driver's supernet
+    run (default: the path the driver recorded); its weights must be the driver's. Returns how many
+    configs it scored."""
+    queues = {q.name: q for q in ScoreQueue.find(storage, queue, stale_after=stale_after)}
+    scorers = _Scorers(supernet, data_dir)
+    for q in queues.values():
+        scorers.of(q)  # a wrong supernet is refused before any work
+    scored, idle_since, scanned = 0, time.monotonic(), time.monotonic()
     log(f"worker: {len(queues)} score queue(s) in {storage}")
     while True:
         worked = False
-        for q in queues:
+        for q in list(queues.values()):
             claim = q.claim()
             if claim is None:
                 q.fail_stale()
                 continue
-            q.score(claim, lambda c, accuracy=scorers[q.name]: prepared_score(accuracy, c))
+            q.score(claim, lambda c, accuracy=scorers.of(q): prepared_score(accuracy, c))
             scored, worked = scored + 1, True
+        if queue is None and time.monotonic() - scanned > rescan:
+            for q in ScoreQueue.find(storage, stale_after=stale_after):
+                if q.name not in queues:
+                    scorers.of(q)
+                    queues[q.name] = q
+                    log(f"worker: new score queue {q.name}")
+            scanned = time.monotonic()
         if worked:
             idle_since = time.monotonic()
         elif idle_exit and time.monotonic() - idle_since > idle_exit:
@@ -284,13 +276,46 @@ def run_worker(storage: str, queue: Optional[str] = None, supernet: Optional[Pat
             time.sleep(poll)
 
 
+class _Scorers:
+    """A worker's scorer per queue; the queues of one supernet share its loaded weights."""
+
+    def __init__(self, supernet: Optional[Path], data_dir: Optional[str]) -> None:
+        self.supernet, self.data_dir = supernet, data_dir
+        self.scorers: dict = {}
+        self.loaded: dict = {}
+
+    def of(self, q: ScoreQueue):
+        if q.name in self.scorers:
+            return self.scorers[q.name]
+        from nas.objectives import SupernetAccuracy
+        from search_spaces.io import file_digest
+        from supernet.checkpoint import CHECKPOINT, load_supernet, scoring_device
+        from supernet.protocol import EvalProtocol
+
+        run = Path(self.supernet) if self.supernet is not None else Path(q.supernet)
+        checkpoint = run / CHECKPOINT if run.is_dir() else run
+        if not checkpoint.is_file():
+            raise InvalidInputError(f"no supernet checkpoint at {str(checkpoint)!r} for queue {q.name!r}; expected "
+                                    "the driver's supernet run on this machine (--supernet RUN)")
+        digest = file_digest(checkpoint)
+        if digest != q.evaluation["supernet_sha1"]:
+            raise InvalidInputError(f"the supernet {str(checkpoint)!r} (SHA-1 {digest[:12]}...) is not the one the "
+                                    f"search scores with ({q.evaluation['supernet_sha1'][:12]}...); expected the "
+                                    "driver's checkpoint, copied unchanged")
+        if digest not in self.loaded:
+            self.loaded[digest] = load_supernet(checkpoint.parent, scoring_device())
+        protocol = EvalProtocol(**q.evaluation["protocol"])
+        self.scorers[q.name] = SupernetAccuracy(checkpoint.parent, protocol, loaded=self.loaded[digest],
+                                                data_dir=self.data_dir or q.evaluation.get("data_dir"))
+        return self.scorers[q.name]
+
+
 def prepared_score(accuracy, claim: Claim) -> Scores:
     """A claimed config's scores, reusing its prefix (the step's state) where the accuracy can: the
-    prefix is computed once for all the configs of a step this process takes."""
-    if claim.prefix is not None and hasattr(accuracy, "prepare") and getattr(accuracy, "_queue_prefix", None) \
-            != claim.prefix.key:
+    prefix is computed once for all the configs of a step this process takes (``prepare`` does
+    nothing for the config already prepared)."""
+    if claim.prefix is not None and hasattr(accuracy, "prepare"):
         accuracy.prepare(claim.prefix)
-        accuracy._queue_prefix = claim.prefix.key
     return accuracy(claim.config)
 
 
