@@ -394,7 +394,7 @@ def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bu
     in rounds (:func:`round_size`), asked together and scored as one batch (by the workers of a
     queue, where there are some), then told in order: NSGA-II's round is the rest of its
     generation, which proposes exactly what one proposal at a time would; TPE's is ``TPE_ROUND``
-    proposals with the constant liar.
+    proposals (with the constant liar), which one at a time would not.
     """
     optuna = store._optuna()
     states = optuna.trial.TrialState
@@ -418,8 +418,8 @@ def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bu
 
     trials = study.get_trials(deepcopy=False)
     keys = {t.user_attrs["key"] for t in trials if t.state == states.COMPLETE}
-    asked = len([t for t in trials if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING)])
     reopened = _open_round(study, space, trials, keys)  # a round an interrupted run left: carried on
+    asked = len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING)))
     while reopened or (len(keys) < evaluations and asked < DUPLICATE_LIMIT * evaluations):
         proposals, duplicates, first, asked_in_full = reopened or ([], [], asked, False)
         reopened, new = None, {config.key for _, config in proposals}
@@ -452,10 +452,18 @@ def _open_round(study, space: SearchSpace, trials, keys: set):
     """The round an interrupted run left open (its trials still RUNNING), to be carried on as the
     uninterrupted run would: ``(proposals, duplicates, first, asked_in_full)``, or None. A round of
     which some trials were told had been asked in full (only the rest is told); one of which none
-    was told goes on asking where it stopped. Its proposals are not proposed again: a sampler's
-    state (NSGA-II's parents, chosen at a generation's first proposal) would not repeat."""
+    was told goes on asking where it stopped. Its proposals are kept rather than asked again: asked
+    again they could differ (NSGA-II spends random draws choosing a generation's parents at its
+    first proposal, and the study caches them, so the second asking would not spend them). A trial
+    stopped inside ``ask`` (some of its parameters missing) is failed and asked again."""
     states = store._optuna().trial.TrialState
-    running = sorted((t for t in trials if t.state == states.RUNNING), key=lambda t: t.number)
+    names = set(store.distributions(space))
+    running = []
+    for trial in sorted((t for t in trials if t.state == states.RUNNING), key=lambda t: t.number):
+        if names <= set(trial.params):
+            running.append(trial)
+        else:  # the sampler was still choosing its parameters
+            study.tell(trial.number, state=states.FAIL)
     if not running:
         return None
     first = running[0].user_attrs.get("round")
@@ -503,12 +511,12 @@ def _violation(budget: Budget, metrics: Metrics) -> float:
 
 
 def optuna_sampler(algorithm: str, seed: int):
-    """NSGA-II (population 20) or multivariate TPE with the constant liar (its rounds' proposals are asked
-    before any is told); constraints go through ``Trial.set_constraint``."""
+    """NSGA-II (population 20) or multivariate TPE with the constant liar (a round's proposals are asked
+    before any is told, and the liar keeps them apart); constraints go through ``Trial.set_constraint``."""
     optuna = store._optuna()
     if algorithm == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)  # Optuna 5's default too
 
 
 # -- one search end to end -------------------------------------------------------------------------

@@ -76,26 +76,26 @@ def alpha_divergence(logits: torch.Tensor, teacher_probs: torch.Tensor, alphas: 
     alpha = 1 is KL(p || q), whose gradient is plain distillation's."""
     log_q = F.log_softmax(logits.float(), dim=-1)
     q = log_q.exp().detach()
-    log_ratio = teacher_probs.float().clamp_min(1e-30).log() - log_q.detach()
-    values, rhos = [], []
+    p = teacher_probs.float()
+    log_ratio = p.clamp_min(1e-30).log() - log_q.detach()
+    values, pulls = [], []  # per alpha: the divergence per image, and q x rho per class
     for alpha in alphas:
-        if abs(alpha - 1.0) < 1e-3:
-            ratio = log_ratio.exp()
-            values.append(torch.sum(q * ratio * log_ratio, dim=-1))
-            rhos.append(ratio)
+        if abs(alpha - 1.0) < 1e-3:  # KL(p || q); q x rho = p exactly (r itself may overflow)
+            values.append(torch.sum(p * log_ratio, dim=-1))
+            pulls.append(p)
         elif abs(alpha) < 1e-3:
             log_ratio_clipped = log_ratio.clamp(max=math.log(clip))
             values.append(torch.sum(-q * log_ratio_clipped, dim=-1))
-            rhos.append(log_ratio_clipped - 1.0)
+            pulls.append(q * (log_ratio_clipped - 1.0))
         else:
             weight = torch.exp(alpha * log_ratio).clamp(max=clip)
             base = 1.0 / (alpha * (alpha - 1.0))
             values.append(torch.sum(q * (weight - 1.0), dim=-1) * base)
-            rhos.append(weight / alpha + base)
+            pulls.append(q * (weight / alpha + base))
     first = values[0] > values[1]  # per image: the larger divergence
     value = torch.where(first, values[0], values[1])
-    rho = torch.where(first.unsqueeze(-1), rhos[0], rhos[1])
-    surrogate = -torch.sum(q * rho * log_q, dim=-1)
+    pull = torch.where(first.unsqueeze(-1), pulls[0], pulls[1])
+    surrogate = -torch.sum(pull * log_q, dim=-1)
     return value.mean(), surrogate.mean()
 
 

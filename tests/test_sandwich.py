@@ -43,6 +43,15 @@ def test_alpha_divergence_has_the_larger_divergences_gradient():
     assert abs(value.item()) < 1e-6 and grad.abs().max() < 1e-6
 
 
+def test_alpha_divergence_stays_finite_far_from_the_teacher():
+    teacher = torch.tensor([[0.5, 0.5]])
+    logits = torch.tensor([[0.0, 110.0]], requires_grad=True)  # q of the first class: e^-110
+    value, surrogate = alpha_divergence(logits, teacher)
+    (grad,) = torch.autograd.grad(surrogate, logits)
+    assert torch.isfinite(value) and torch.isfinite(surrogate) and torch.isfinite(grad).all()
+    assert value.item() == pytest.approx(0.5 * 110 - math.log(2), rel=1e-4)  # KL(p || q), the larger here
+
+
 def test_alpha_one_alone_is_plain_distillation():
     generator = torch.Generator().manual_seed(1)
     teacher = torch.randn(8, 10, generator=generator).softmax(dim=-1)

@@ -148,8 +148,9 @@ def test_nsga2_rounds_propose_what_one_proposal_at_a_time_would():
 @pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
 @pytest.mark.parametrize("stop", ["scoring", "telling"])
 def test_a_sampler_stopped_mid_round_resumes_to_the_uninterrupted_result(algorithm, stop):
-    """A run stopped while a round is scored (nothing of it told: the round is proposed again) or half
-    told (the rest is scored and told): run again, the trials are the uninterrupted run's."""
+    """A run stopped while a round is scored (nothing of it told: the round's proposals are kept and
+    scored) or half told (the rest is scored and told), or inside a proposal (its trial has only some
+    parameters: failed and asked again): run again, the trials are the uninterrupted run's."""
     import optuna
 
     from nas.search import sampler_search
@@ -191,8 +192,12 @@ def test_a_sampler_stopped_mid_round_resumes_to_the_uninterrupted_result(algorit
     del stopped.tell
     states = [t.state for t in stopped.trials]
     assert optuna.trial.TrialState.RUNNING in states
+    if stop == "scoring":  # and a proposal stopped after its first parameter: RUNNING, the rest missing
+        name, distribution = next(iter(store.distributions(space).items()))
+        stopped.ask({name: distribution})
     assert (states.count(optuna.trial.TrialState.COMPLETE) == 23) == (stop == "telling")
     assert [row["key"] for row in search(stopped)[0]] == [row["key"] for row in expected]
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in stopped.trials]
 
 
 def test_free_moves_take_the_largest_mes_gain(table):

@@ -33,8 +33,8 @@ def _queue_mechanics(storage, tmp_path):
     """Two processes' views of one queue: each config taken once, scores read back, a silent taker's
     config failed and queued again, a config that fails every time given up after MAX_RETRY retries."""
     first = ScoreQueue.create(storage, EVALUATION, SPACE, tmp_path, stale_after=0.5)
-    second = ScoreQueue.find(storage, stale_after=0.5)[0]
-    assert second.name == first.name and second.evaluation == EVALUATION
+    second = ScoreQueue.find(storage)[0]  # the driver's stale_after, read from the queue
+    assert second.name == first.name and second.evaluation == EVALUATION and second.stale_after == 0.5
     configs = _configs(6)
     space = get_space(SPACE)
     first.submit(configs[:4], prefix=space.largest())
@@ -83,6 +83,36 @@ def test_one_driver_per_study(tmp_path):
                 pass
     with DriverLease(study, stale_after=30):  # released: the next driver may start
         pass
+
+
+def test_a_running_worker_finds_new_queues_and_skips_the_ones_it_cannot_serve(tiny_supernet_run, tmp_path):
+    """Queues created while a worker runs (another search, a recheck slice) are found; one whose supernet
+    is not this machine's is skipped with a message, and the worker goes on."""
+    import threading
+
+    from nas.workers import run_worker
+    from search_spaces.io import file_digest
+    from supernet.checkpoint import CHECKPOINT
+
+    storage = f"journal:///{tmp_path}/journal.log"
+    ours = {**EVALUATION, "supernet_sha1": file_digest(tiny_supernet_run / CHECKPOINT)}
+    ScoreQueue.create(storage, ours, SPACE, tiny_supernet_run)
+    lines, scored = [], []
+    worker = threading.Thread(target=lambda: scored.append(run_worker(storage, idle_exit=3, poll=0.1, rescan=0.2,
+                                                                      log=lines.append)))
+    worker.start()
+    foreign = ScoreQueue.create(storage, EVALUATION, SPACE, tiny_supernet_run)  # another machine's supernet
+    later = ScoreQueue.create(storage, {**ours, "protocol": {"images": 32}}, SPACE, tiny_supernet_run)
+    config = _configs(1)[0]
+    later.submit([config])
+    deadline = time.time() + 120
+    while not later.scores([config.key]) and time.time() < deadline:
+        time.sleep(0.1)
+    worker.join(timeout=120)
+    assert scored == [1] and later.scores([config.key])[config.key].images == 32
+    assert any(line.startswith(f"worker: skipping score queue {foreign.name}: ") and "is not the one" in line
+               for line in lines), lines
+    assert f"worker: new score queue {later.name}" in lines
 
 
 def test_bad_worker_input_is_one_clear_error(tmp_path, tiny_supernet_run, tiny_lut):
@@ -141,8 +171,7 @@ def test_a_worker_killed_mid_evaluation_costs_only_its_config(tiny_supernet_run,
     driver = subprocess.Popen(_search(tiny_supernet_run, tiny_lut, tmp_path / "shared", "--recheck", "2", "--storage",
                                       storage, "--workers", "--stale-after", "3"), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    worker = [sys.executable, "-m", "nas.cli", "search-worker", "--storage", storage, "--idle-exit", "5",
-              "--stale-after", "3"]
+    worker = [sys.executable, "-m", "nas.cli", "search-worker", "--storage", storage, "--idle-exit", "5"]
     queue, recheck = sorted(_queues(storage, 2), key=lambda q: q.evaluation["protocol"].get("offset", 0))
     deadline = time.time() + 120
     workers = [subprocess.Popen(worker, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
