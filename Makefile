@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/nas quickstart
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadgroup
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

@@ -4,10 +4,13 @@ The same fine-grained search (the quickstart's supernet and table, one budget, a
 JournalStorage each time so that nothing is reused) is run alternately
 
 * **1 process**: the driver alone scores every config, with all the machine's threads;
+* **1 process, 1 thread**: the same with one thread (what each of the two below has);
 * **2 processes**: the driver and one ``nas search-worker``, the threads split between them;
 
-``--repeats`` times each, interleaved; the wall times, their medians and the ratio are printed,
-and the two searches' trajectories are checked to be identical.
+``--repeats`` times each, interleaved; the wall times, their medians and the ratios are printed,
+and the searches' trajectories are checked to be identical. 2 processes against 1 process on
+1 thread is the queue's parallel efficiency (2.0 at best); 1 process on 1 thread against all
+threads is what torch gains from the second thread.
 
     python benchmarks/workers_speed.py --supernet runs/quickstart/supernet \\
         --lut runs/quickstart/lut/efficientformerv2-tiny-onnxruntime.parquet [--params 0.9M] [--repeats 2]
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(supernet: str, lut: str, budget: str, processes: int, threads: int, work: Path) -> tuple[float, pd.DataFrame]:
+    """One search on ``processes`` processes, ``threads`` threads in all."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     storage = f"journal:///{work}/journal.log"
@@ -62,19 +66,27 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="workers-speed-"))
-    seconds = {1: [], 2: []}
+    setups = {"1 process": (1, args.threads), "1 process, 1 thread": (1, 1), "2 processes": (2, args.threads)}
+    seconds = {name: [] for name in setups}
     trajectories = {}
     for repeat in range(args.repeats):
-        for processes in ((1, 2) if repeat % 2 == 0 else (2, 1)):  # interleaved, alternating who goes first
-            elapsed, trajectories[processes] = run(args.supernet, args.lut, args.params, processes, args.threads,
-                                                   work / f"p{processes}")
-            seconds[processes].append(elapsed)
-            print(f"repeat {repeat + 1}: {processes} process(es): {elapsed:.1f} s", flush=True)
-    pd.testing.assert_frame_equal(trajectories[1], trajectories[2])
-    one, two = (statistics.median(seconds[p]) for p in (1, 2))
-    print(f"\nsearch to {args.params}, {len(trajectories[1]) - 1} steps; {args.threads} threads in all; medians of "
-          f"{args.repeats}: 1 process {one:.1f} s, 2 processes {two:.1f} s, ratio {two / one:.2f} "
-          "(trajectories identical)")
+        order = list(setups) if repeat % 2 == 0 else list(setups)[::-1]  # interleaved, alternating who goes first
+        for name in order:
+            processes, threads = setups[name]
+            elapsed, trajectories[name] = run(args.supernet, args.lut, args.params, processes, threads,
+                                              work / name.replace(" ", "").replace(",", "-"))
+            seconds[name].append(elapsed)
+            print(f"repeat {repeat + 1}: {name}: {elapsed:.1f} s", flush=True)
+    for name in setups:
+        pd.testing.assert_frame_equal(trajectories[name], trajectories["1 process"])
+    median = {name: statistics.median(seconds[name]) for name in setups}
+    print(f"\nsearch to {args.params}, {len(trajectories['1 process']) - 1} steps; {args.threads} threads in all; "
+          f"medians of {args.repeats}: " + ", ".join(f"{name} {median[name]:.1f} s" for name in setups)
+          + " (trajectories identical)")
+    print(f"2 processes / 1 process: {median['2 processes'] / median['1 process']:.2f}; 1 process on 1 thread / 2 "
+          f"processes: {median['1 process, 1 thread'] / median['2 processes']:.2f} (the queue's speed-up, 2.0 at "
+          f"best); 1 process on 1 thread / on {args.threads}: "
+          f"{median['1 process, 1 thread'] / median['1 process']:.2f} (torch's gain from the threads)")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -24,7 +24,8 @@ Algorithms (``ALGORITHMS``):
   best one meeting it.
 * ``nsga2`` / ``tpe``: Optuna's NSGA-II / multivariate TPE over the config's choices,
   maximising the criterion and MES, the loosest budget as a constraint; duplicate
-  configs are not re-evaluated.
+  configs are not re-evaluated. Proposals come in rounds scored as one batch: the rest of
+  NSGA-II's generation (what one proposal at a time gives), ten for TPE (constant liar).
 
 Every evaluation goes through :class:`Evaluator`, which caches by config key in the
 results store, so a search started again with the same arguments resumes without
@@ -39,6 +40,7 @@ import math
 import random
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -190,7 +192,7 @@ class Evaluator:
                 store.record(self.study, self.objectives.space, config, metrics, self.algorithm, self.criterion)
         return metrics
 
-    def many(self, configs: Sequence[SubnetConfig]) -> list[Metrics]:
+    def many(self, configs: Sequence[SubnetConfig], record: bool = True) -> list[Metrics]:
         """The metrics of a batch of configs, in order. With a queue, the configs not known yet are scored
         by the processes serving it (the prefix shared by :meth:`share_prefix` travels with them), then
         filed as one process files them; without, one after the other here."""
@@ -203,7 +205,7 @@ class Evaluator:
                 scores = self.queue.run(new, prefix, lambda claim: prepared_score(self.objectives.accuracy, claim))
                 self.evaluations += len(new)
                 self.shared = {**self.shared, **{key: scores[key] for key in scores}}
-        return [self(config) for config in configs]
+        return [self(config, record) for config in configs]
 
     @property
     def distinct(self) -> int:
@@ -297,9 +299,9 @@ def greedy_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bud
         if recheck is not None:
             second, k = recheck
             second.share_prefix(state)
-            base = second(state).score(criterion)
-            for row in scored[:k]:
-                row[2] = (row[2] + base - second(candidates[row[1]][1]).score(criterion)) / 2
+            base, *again = second.many([state] + [candidates[row[1]][1] for row in scored[:k]])
+            for row, after in zip(scored[:k], again):
+                row[2] = (row[2] + base.score(criterion) - after.score(criterion)) / 2
                 row[0] = _rank(row[2], gains[row[1]])
             scored[:k] = sorted(scored[:k], key=lambda row: (row[0], row[1]))
         _, i, drop, current = scored[0]
@@ -388,36 +390,55 @@ def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bu
                    criterion: str = "top1") -> tuple[list[dict], dict]:
     """NSGA-II or TPE in the study itself: its trials are the evaluations (ask/tell), resumable.
 
-    The sampler maximises (criterion, MES) with the loosest budget as a constraint.
+    The sampler maximises (criterion, MES) with the loosest budget as a constraint. Proposals come
+    in rounds (:func:`round_size`), asked together and scored as one batch (by the workers of a
+    queue, where there are some), then told in order: NSGA-II's round is the rest of its
+    generation, which proposes exactly what one proposal at a time would; TPE's is ``TPE_ROUND``
+    proposals (with the constant liar), which one at a time would not.
     """
     optuna = store._optuna()
     states = optuna.trial.TrialState
     loosest = budgets[0]
     distributions = store.distributions(space)
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == states.RUNNING:  # left by an interrupted run: it never counts
-            study.tell(trial.number, state=states.FAIL)
-    trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED))
-    keys = {t.user_attrs["key"] for t in trials if t.state == states.COMPLETE}
-    asked = len(trials)
-    while len(keys) < evaluations and asked < DUPLICATE_LIMIT * evaluations:
-        # a sampler seeded by the seed and the number of proposals so far: the proposals depend on the stored
-        # trials alone, so a search resumed after a kill proposes what an uninterrupted one would
-        study.sampler = optuna_sampler(algorithm, seed * 1_000_003 + asked)
-        trial = study.ask(distributions)
-        asked += 1
-        config = store.decode(space, trial.params)
-        if config.key in keys:  # a config proposed again is no new evaluation: kept out of the results
+
+    def tell(proposals, duplicates, keys):
+        """Score a round's proposals as one batch, then tell its duplicates and its proposals in order."""
+        scored = evaluate.many([config for _, config in proposals], record=False)  # stored ones are not rescored
+        for trial, config in duplicates:
             trial.set_user_attr("duplicate_of", config.key)
             study.tell(trial, state=states.PRUNED)
-            continue
-        metrics = evaluate(config, record=False)  # a config of another study is not evaluated again
-        trial.set_constraint("budget", _violation(loosest, metrics))
-        for key, value in store.user_attrs(config, metrics, algorithm).items():
-            trial.set_user_attr(key, value)
-        study.tell(trial, [metrics.score(criterion), metrics.mes])
-        keys.add(config.key)
-        if progress and len(keys) % 10 == 0:
+        for (trial, config), metrics in zip(proposals, scored):
+            with warnings.catch_warnings():  # a reopened round's trial may have it already: same value
+                warnings.filterwarnings("ignore", "The constraint value is ignored", UserWarning)
+                trial.set_constraint("budget", _violation(loosest, metrics))
+            for key, value in store.user_attrs(config, metrics, algorithm).items():
+                trial.set_user_attr(key, value)
+            study.tell(trial, [metrics.score(criterion), metrics.mes])
+            keys.add(config.key)
+
+    trials = study.get_trials(deepcopy=False)
+    keys = {t.user_attrs["key"] for t in trials if t.state == states.COMPLETE}
+    reopened = _open_round(study, space, trials, keys)  # a round an interrupted run left: carried on
+    asked = len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING)))
+    while reopened or (len(keys) < evaluations and asked < DUPLICATE_LIMIT * evaluations):
+        proposals, duplicates, first, asked_in_full = reopened or ([], [], asked, False)
+        reopened, new = None, {config.key for _, config in proposals}
+        room = min(round_size(study, algorithm), evaluations - len(keys))
+        while not asked_in_full and len(proposals) < room and asked < DUPLICATE_LIMIT * evaluations:
+            # a sampler seeded by the seed and the number of proposals so far: the proposals depend on the stored
+            # trials alone, so a search resumed after a kill proposes what an uninterrupted one would
+            study.sampler = optuna_sampler(algorithm, seed * 1_000_003 + asked)
+            trial = study.ask(distributions)
+            trial.set_user_attr("round", first)
+            asked += 1
+            config = store.decode(space, trial.params)
+            if config.key in keys or config.key in new:  # proposed again: no new evaluation, kept out of the results
+                duplicates.append((trial, config))
+            else:
+                proposals.append((trial, config))
+                new.add(config.key)
+        tell(proposals, duplicates, keys)
+        if progress and proposals:
             progress(f"{len(keys)}/{evaluations} {algorithm} configs")
     evaluated, trajectory = [], []
     for i, trial in enumerate(t for t in study.get_trials(deepcopy=False) if store.trial_metrics(t)):
@@ -425,6 +446,56 @@ def sampler_search(space: SearchSpace, evaluate: Evaluator, budgets: Sequence[Bu
         evaluated.append((store.decode(space, trial.params), metrics))
         trajectory.append(_row(i + 1, algorithm, metrics, None))
     return trajectory, best_per_budget(evaluated, budgets, criterion)
+
+
+def _open_round(study, space: SearchSpace, trials, keys: set):
+    """The round an interrupted run left open (its trials still RUNNING), to be carried on as the
+    uninterrupted run would: ``(proposals, duplicates, first, asked_in_full)``, or None. A round of
+    which some trials were told had been asked in full (only the rest is told); one of which none
+    was told goes on asking where it stopped. Its proposals are kept rather than asked again: asked
+    again they could differ (NSGA-II spends random draws choosing a generation's parents at its
+    first proposal, and the study caches them, so the second asking would not spend them). A trial
+    stopped inside ``ask`` (some of its parameters missing) is failed and asked again."""
+    states = store._optuna().trial.TrialState
+    names = set(store.distributions(space))
+    running = []
+    for trial in sorted((t for t in trials if t.state == states.RUNNING), key=lambda t: t.number):
+        if names <= set(trial.params):
+            running.append(trial)
+        else:  # the sampler was still choosing its parameters
+            study.tell(trial.number, state=states.FAIL)
+    if not running:
+        return None
+    first = running[0].user_attrs.get("round")
+    if first is None:  # stopped right after the round's first proposal was asked
+        first = len([t for t in trials if t.state in (states.COMPLETE, states.PRUNED)])
+    told = any(t.state in (states.COMPLETE, states.PRUNED) and t.user_attrs.get("round") == first for t in trials)
+    proposals, duplicates, new = [], [], set()
+    for frozen in running:
+        trial = store._optuna().trial.Trial(study, frozen._trial_id)
+        if frozen.user_attrs.get("round") is None:
+            trial.set_user_attr("round", first)
+        config = store.decode(space, frozen.params)
+        (duplicates if config.key in keys or config.key in new else proposals).append((trial, config))
+        new.add(config.key)
+    return proposals, duplicates, first, told
+
+
+NSGA2_POPULATION = 20
+TPE_ROUND = 10  # TPE's proposals per round (scored together; the constant liar keeps them apart)
+
+
+def round_size(study, algorithm: str) -> int:
+    """How many proposals the sampler makes before any is told: for NSGA-II the rest of the current
+    generation (proposals within a generation depend only on the previous one's, so asking them
+    together changes nothing), for TPE ``TPE_ROUND``."""
+    if algorithm != "nsga2":
+        return TPE_ROUND
+    sampler = optuna_sampler(algorithm, 0)
+    generations = [sampler.get_trial_generation(study, t) for t in study.get_trials(
+        deepcopy=False, states=(store._optuna().trial.TrialState.COMPLETE,))]
+    done = generations.count(max(generations)) if generations else 0
+    return NSGA2_POPULATION - done if done < NSGA2_POPULATION else NSGA2_POPULATION
 
 
 DUPLICATE_LIMIT = 20  # proposals per requested evaluation before a sampler that only repeats itself is stopped
@@ -440,11 +511,12 @@ def _violation(budget: Budget, metrics: Metrics) -> float:
 
 
 def optuna_sampler(algorithm: str, seed: int):
-    """NSGA-II (population 20) or multivariate TPE; constraints go through ``Trial.set_constraint``."""
+    """NSGA-II (population 20) or multivariate TPE with the constant liar (a round's proposals are asked
+    before any is told, and the liar keeps them apart); constraints go through ``Trial.set_constraint``."""
     optuna = store._optuna()
     if algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=NSGA2_POPULATION)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)  # Optuna 5's default too
 
 
 # -- one search end to end -------------------------------------------------------------------------
@@ -474,7 +546,8 @@ def check_evaluations(evaluations: int) -> None:
 def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str, storage: str,
                arguments: dict, evaluations: int = 100, seed: int = 0, supernet=None,
                progress=None, evaluation_id: Optional[dict] = None, criterion: str = "top1",
-               recheck: Optional[tuple[Objectives, int, Optional[dict]]] = None, queue=None) -> SearchResult:
+               recheck: Optional[tuple[Objectives, int, Optional[dict]]] = None, queue=None,
+               recheck_queue=None) -> SearchResult:
     """Run (or resume) one search; ``arguments`` name the study (same arguments, same study).
 
     ``evaluation_id`` names what a config's scores depend on (the supernet's weights and the
@@ -484,8 +557,9 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     moves on the objectives' (second) slice before committing; those scores are kept in the
     study ``NAME-recheck``.
     ``queue`` (:class:`nas.workers.ScoreQueue`): batches of configs are scored by every process serving
-    it (the fine-grained and v1-scale steps' moves, random samples); the recheck slice and NSGA-II/TPE
-    proposals are scored here. One driver per study: a second one is refused while the first lives.
+    it (the fine-grained and v1-scale steps' moves, random samples, NSGA-II's and TPE's rounds); the
+    recheck slice's configs by the processes serving ``recheck_queue``. One driver per study: a second
+    one is refused while the first lives.
     """
     if algorithm not in ALGORITHMS:
         raise InvalidInputError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
@@ -495,6 +569,8 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
     space = objectives.space
     started = time.perf_counter()
     evaluation = _jsonable(evaluation_id)
+    if algorithm == "tpe":  # TPE in rounds (2026-12-03): not the studies of the one-proposal-at-a-time TPE before
+        arguments = {**arguments, "tpe_round": TPE_ROUND}
     study = store.open_study(storage, study_name(algorithm, arguments), metric_names(criterion),
                              metadata={"algorithm": algorithm, "space": space.name,
                                        "budgets": [b.label for b in budgets], "criterion": criterion,
@@ -512,7 +588,7 @@ def run_search(objectives: Objectives, budgets: Sequence[Budget], algorithm: str
                                    metadata={"algorithm": algorithm, "space": space.name, "recheck_of": study.study_name,
                                              **({"evaluation": evaluation_2} if evaluation_2 else {})})
         shared_2 = store.shared_scores(storage, evaluation_2, exclude=study_2.study_name) if evaluation_2 else {}
-        second = (Evaluator(objectives_2, study_2, algorithm, shared_2, criterion), k)
+        second = (Evaluator(objectives_2, study_2, algorithm, shared_2, criterion, recheck_queue), k)
     if queue is not None:
         from nas.workers import DriverLease
 

@@ -65,11 +65,10 @@ def cmd_results_show(args: argparse.Namespace) -> None:
 def cmd_search_worker(args: argparse.Namespace) -> None:
     from nas.workers import run_worker
 
-    if args.idle_exit < 0 or args.stale_after <= 0:
-        raise InvalidInputError(f"--idle-exit {args.idle_exit} / --stale-after {args.stale_after}: expected seconds "
-                                "(0 or more / more than 0)")
+    if args.idle_exit < 0:
+        raise InvalidInputError(f"--idle-exit {args.idle_exit}: expected seconds (0 or more; 0: never)")
     run_worker(args.storage, args.queue, Path(args.supernet) if args.supernet else None, args.data_dir,
-               idle_exit=args.idle_exit, stale_after=args.stale_after, log=lambda line: print(line, flush=True))
+               idle_exit=args.idle_exit, log=lambda line: print(line, flush=True))
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -110,7 +109,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="score batches of configs through --storage's queue, served by this process and any number "
                         "of nas search-worker processes (--storage journal:///FILE or postgresql://...)")
     p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
-                   help="with --workers: a worker silent this long has its config queued again (default 60)")
+                   help="with --workers: a worker silent this long has its config queued again; every worker "
+                        "uses the search's value (default 60)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(handler=cmd_search)
 
@@ -122,8 +122,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--idle-exit", type=float, default=60.0, metavar="SECONDS",
                    help="stop after this long without work (0: never; default 60)")
-    p.add_argument("--stale-after", type=float, default=60.0, metavar="SECONDS",
-                   help="a worker silent this long has its config queued again (default 60)")
     p.set_defaults(handler=cmd_search_worker)
 
     results = commands.add_parser("results", help="read result stores")

@@ -127,16 +127,19 @@ class SearchJob:
         arguments = {**self.objectives_id, "budgets": [b.label for b in budgets]}
         if algorithm in SAMPLING:  # the greedy searches use neither
             arguments.update(seed=seed, evaluations=evaluations)
-        queue = None
+        queue = recheck_queue = None
         if self.workers:
             from nas.workers import ScoreQueue
 
             queue = ScoreQueue.create(self.storage, self.evaluation_id, self.space.name, self.supernet_run,
-                                      stale_after=self.stale_after)
+                                      self.stale_after)
+            if self.recheck_with is not None and algorithm in ("fine-grained", "v1-scale"):
+                recheck_queue = ScoreQueue.create(self.storage, self.recheck_with[2], self.space.name,
+                                                  self.supernet_run, self.stale_after)
         result = run_search(self.objectives, budgets, algorithm, self.storage, arguments, evaluations=evaluations,
                             seed=seed, supernet=self.accuracy.supernet, progress=progress,
                             evaluation_id=self.evaluation_id, criterion=self.criterion, recheck=self.recheck_with,
-                            queue=queue)
+                            queue=queue, recheck_queue=recheck_queue)
         result.written = write_search_outputs(result, self.out, command)
         return result
 

@@ -39,6 +39,7 @@ from nas import store
 QUEUE_PREFIX = "scores-"
 HEARTBEAT = "heartbeat"  # trial system attribute: time.time() of the taker's last sign of life
 MAX_RETRY = 3
+DEFAULT_STALE_AFTER = 60.0  # seconds (nas search --stale-after)
 TAKER = f"{platform.node()}:{os.getpid()}"  # who scores a trial (its system attribute "taker"): host:pid
 
 
@@ -68,41 +69,54 @@ class Claim:
 class ScoreQueue:
     """The score queue of one evaluation in one storage (see the module docstring)."""
 
-    def __init__(self, storage: str, name: str, stale_after: float = 60.0, heartbeat: float = 5.0) -> None:
+    def __init__(self, storage: str, name: str, opened=None, heartbeat: float = 5.0) -> None:
+        """``opened``: the storage already opened (one JournalStorage replays its file once, not per queue).
+        Seconds of silence before a taker's config is queued again: the queue's ``stale_after``, set by
+        the driver (every process judges and beats by the same one)."""
         import optuna
 
         self.optuna, self.storage_url, self.name = optuna, storage, name
-        self.storage = store.get_storage(storage)
+        self.storage = opened if opened is not None else store.get_storage(storage)
         self.study = optuna.load_study(study_name=name, storage=self.storage)
         self.study_id = self.storage.get_study_id_from_name(name)
-        self.stale_after, self.heartbeat = stale_after, heartbeat
         attrs = self.study.user_attrs
+        self.stale_after = float(attrs.get("stale_after", DEFAULT_STALE_AFTER))
+        self.heartbeat = min(heartbeat, self.stale_after / 3)  # beats well inside it
         self.space = get_space(attrs["space"])
         self.evaluation = attrs["evaluation"]
         self.supernet = attrs["supernet"]
 
     @classmethod
-    def create(cls, storage: str, evaluation_id: dict, space: str, supernet: Path, **kwargs) -> "ScoreQueue":
-        """The queue of ``evaluation_id`` (created if new); ``supernet``: the driver's run folder."""
+    def create(cls, storage: str, evaluation_id: dict, space: str, supernet: Path,
+               stale_after: float = DEFAULT_STALE_AFTER) -> "ScoreQueue":
+        """The queue of ``evaluation_id`` (created if new); ``supernet``: the driver's run folder;
+        ``stale_after``: this driver's, for every process serving the queue."""
         name = queue_name(evaluation_id)
+        evaluation = json.loads(json.dumps(evaluation_id, default=str))
         study = store.open_study(storage, name, ["top1"], directions=("maximize",), metadata={
-            "kind": store.QUEUE_KIND, "space": space, "evaluation": json.loads(json.dumps(evaluation_id, default=str)),
-            "supernet": str(Path(supernet).resolve())})
-        if study.user_attrs.get("evaluation") != json.loads(json.dumps(evaluation_id, default=str)):
+            "space": space, "evaluation": evaluation, "supernet": str(Path(supernet).resolve()),
+            "kind": store.QUEUE_KIND})  # "kind" last: a queue is found only once it is complete
+        if study.user_attrs.get("evaluation") != evaluation:
             raise InvalidInputError(f"study {name!r} of {storage!r} is not this evaluation's score queue")
-        return cls(storage, name, **kwargs)
+        if study.user_attrs.get("stale_after") != stale_after:
+            study.set_user_attr("stale_after", stale_after)
+        return cls(storage, name, opened=study._storage)
+
+    @staticmethod
+    def names(opened) -> list[str]:
+        """The names of the complete score queues of an opened storage."""
+        return [s.study_name for s in opened.get_all_studies() if s.study_name.startswith(QUEUE_PREFIX)
+                and s.user_attrs.get("kind") == store.QUEUE_KIND]
 
     @classmethod
-    def find(cls, storage: str, name: Optional[str] = None, **kwargs) -> list["ScoreQueue"]:
+    def find(cls, storage: str, name: Optional[str] = None) -> list["ScoreQueue"]:
         """The score queues of a storage (or the one named); a storage without one is an error."""
-        optuna = __import__("optuna")
         try:
-            summaries = optuna.study.get_all_study_summaries(store.get_storage(storage))
+            opened = store.get_storage(storage)
+            names = cls.names(opened)
         except Exception as error:  # bad URL, missing driver, unreachable server
             raise InvalidInputError(f"cannot open the results storage {storage!r}: {type(error).__name__}: "
                                     f"{str(error).splitlines()[0][:200]}") from None
-        names = [s.study_name for s in summaries if s.study_name.startswith(QUEUE_PREFIX)
-                 and s.user_attrs.get("kind") == store.QUEUE_KIND]
         if name is not None:
             if name not in names:
                 raise InvalidInputError(f"storage {storage!r} has no score queue {name!r}; it has "
@@ -111,7 +125,7 @@ class ScoreQueue:
         if not names:
             raise InvalidInputError(f"storage {storage!r} holds no score queue; expected the storage of a search "
                                     "started with --workers (nas search ... --storage URL --workers)")
-        return [cls(storage, n, **kwargs) for n in names]
+        return [cls(storage, n, opened=opened) for n in names]
 
     # -- trials --------------------------------------------------------------------------------------
 
@@ -239,42 +253,44 @@ class ScoreQueue:
 
 def run_worker(storage: str, queue: Optional[str] = None, supernet: Optional[Path] = None,
                data_dir: Optional[str] = None, idle_exit: float = 60.0, poll: float = 0.5,
-               stale_after: float = 60.0, log: Callable[[str], None] = print) -> int:
-    """Score queued configs of ``storage``'s score queues until none has come for ``idle_exit`` seconds
-    (0: forever). ``supernet``: this machine's copy of the driver's supernet run (default: the path the
-    driver recorded); its weights must be the driver's. Returns how many configs it scored."""
-    from nas.objectives import SupernetAccuracy
-    from search_spaces.io import file_digest
-    from supernet.checkpoint import CHECKPOINT
-    from supernet.protocol import EvalProtocol
-
-    queues = ScoreQueue.find(storage, queue, stale_after=stale_after)
-    scorers = {}
-    for q in queues:
-        run = Path(supernet) if supernet is not None else Path(q.supernet)
-        checkpoint = run / CHECKPOINT if run.is_dir() else run
-        if not checkpoint.is_file():
-            raise InvalidInputError(f"no supernet checkpoint at {str(checkpoint)!r} for queue {q.name!r}; expected "
-                                    "the driver's supernet run on this machine (--supernet RUN)")
-        digest = file_digest(checkpoint)
-        if digest != q.evaluation["supernet_sha1"]:
-            raise InvalidInputError(f"the supernet {str(checkpoint)!r} (SHA-1 {digest[:12]}...) is not the one the "
-                                    f"search scores with ({q.evaluation['supernet_sha1'][:12]}...); expected the "
-                                    "driver's checkpoint, copied unchanged")
-        protocol = EvalProtocol(**q.evaluation["protocol"])
-        accuracy = SupernetAccuracy(checkpoint.parent, protocol, data_dir=data_dir or q.evaluation.get("data_dir"))
-        scorers[q.name] = accuracy
-    scored, idle_since = 0, time.monotonic()
+               rescan: float = 5.0, log: Callable[[str], None] = print) -> int:
+    """Score queued configs of ``storage``'s score queues (or the one named ``queue``) until none has come
+    for ``idle_exit`` seconds (0: forever); queues created meanwhile (a search's recheck slice, another
+    search) are found every ``rescan`` seconds, and one this worker cannot serve (its supernet is not
+    here) is skipped with a message. ``supernet``: this machine's copy of the driver's supernet run
+    (default: the path the driver recorded); its weights must be the driver's. Returns how many configs
+    it scored."""
+    found = ScoreQueue.find(storage, queue)
+    queues = {q.name: q for q in found}
+    scorers = _Scorers(supernet, data_dir)
+    for q in found:
+        scorers.of(q)  # a wrong supernet is refused before any work
+    opened, skipped = found[0].storage, set()
+    scored, idle_since, scanned = 0, time.monotonic(), time.monotonic()
     log(f"worker: {len(queues)} score queue(s) in {storage}")
     while True:
         worked = False
-        for q in queues:
+        for q in list(queues.values()):
             claim = q.claim()
             if claim is None:
                 q.fail_stale()
                 continue
-            q.score(claim, lambda c, accuracy=scorers[q.name]: prepared_score(accuracy, c))
+            q.score(claim, lambda c, accuracy=scorers.of(q): prepared_score(accuracy, c))
             scored, worked = scored + 1, True
+        if queue is None and time.monotonic() - scanned > rescan:
+            for name in ScoreQueue.names(opened):
+                if name in queues or name in skipped:
+                    continue
+                q = ScoreQueue(storage, name, opened=opened)
+                try:
+                    scorers.of(q)
+                except InvalidInputError as error:
+                    skipped.add(name)
+                    log(f"worker: skipping score queue {name}: {error}")
+                    continue
+                queues[name] = q
+                log(f"worker: new score queue {name}")
+            scanned = time.monotonic()
         if worked:
             idle_since = time.monotonic()
         elif idle_exit and time.monotonic() - idle_since > idle_exit:
@@ -284,13 +300,46 @@ def run_worker(storage: str, queue: Optional[str] = None, supernet: Optional[Pat
             time.sleep(poll)
 
 
+class _Scorers:
+    """A worker's scorer per queue; the queues of one supernet share its loaded weights."""
+
+    def __init__(self, supernet: Optional[Path], data_dir: Optional[str]) -> None:
+        self.supernet, self.data_dir = supernet, data_dir
+        self.scorers: dict = {}
+        self.loaded: dict = {}
+
+    def of(self, q: ScoreQueue):
+        if q.name in self.scorers:
+            return self.scorers[q.name]
+        from nas.objectives import SupernetAccuracy
+        from search_spaces.io import file_digest
+        from supernet.checkpoint import CHECKPOINT, load_supernet, scoring_device
+        from supernet.protocol import EvalProtocol
+
+        run = Path(self.supernet) if self.supernet is not None else Path(q.supernet)
+        checkpoint = run / CHECKPOINT if run.is_dir() else run
+        if not checkpoint.is_file():
+            raise InvalidInputError(f"no supernet checkpoint at {str(checkpoint)!r} for queue {q.name!r}; expected "
+                                    "the driver's supernet run on this machine (--supernet RUN)")
+        digest = file_digest(checkpoint)
+        if digest != q.evaluation["supernet_sha1"]:
+            raise InvalidInputError(f"the supernet {str(checkpoint)!r} (SHA-1 {digest[:12]}...) is not the one the "
+                                    f"search scores with ({q.evaluation['supernet_sha1'][:12]}...); expected the "
+                                    "driver's checkpoint, copied unchanged")
+        if digest not in self.loaded:
+            self.loaded[digest] = load_supernet(checkpoint.parent, scoring_device())
+        protocol = EvalProtocol(**q.evaluation["protocol"])
+        self.scorers[q.name] = SupernetAccuracy(checkpoint.parent, protocol, loaded=self.loaded[digest],
+                                                data_dir=self.data_dir or q.evaluation.get("data_dir"))
+        return self.scorers[q.name]
+
+
 def prepared_score(accuracy, claim: Claim) -> Scores:
     """A claimed config's scores, reusing its prefix (the step's state) where the accuracy can: the
-    prefix is computed once for all the configs of a step this process takes."""
-    if claim.prefix is not None and hasattr(accuracy, "prepare") and getattr(accuracy, "_queue_prefix", None) \
-            != claim.prefix.key:
+    prefix is computed once for all the configs of a step this process takes (``prepare`` does
+    nothing for the config already prepared)."""
+    if claim.prefix is not None and hasattr(accuracy, "prepare"):
         accuracy.prepare(claim.prefix)
-        accuracy._queue_prefix = claim.prefix.key
     return accuracy(claim.config)
 
 
@@ -300,10 +349,10 @@ class DriverLease:
 
     ATTR = "driver"
 
-    def __init__(self, study, stale_after: float = 60.0, renew: float = 5.0) -> None:
+    def __init__(self, study, stale_after: float = DEFAULT_STALE_AFTER, renew: float = 5.0) -> None:
         import uuid
 
-        self.study, self.stale_after, self.renew = study, stale_after, renew
+        self.study, self.stale_after, self.renew = study, stale_after, min(renew, stale_after / 3)
         self.me = {"id": uuid.uuid4().hex, "host": platform.node(), "pid": os.getpid()}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

@@ -236,7 +236,7 @@ class ElasticBlock(nn.Module):
             self.token_mixer = None
         self.mlp = ElasticMlp(channels, hidden)
         self.ls2 = ElasticLayerScale(channels)
-        self.drop_path_rate = drop_path_rate
+        self.drop_path_rate = self.built_drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor, expansion: int, mhsa: bool) -> torch.Tensor:
         if mhsa:

@@ -191,7 +191,10 @@ class SubnetScorer:
     @torch.no_grad()
     def prepare(self, config: SubnetConfig) -> None:
         """Keep ``config``'s prefix activations (after the stem and after each stage) on the
-        calibration and evaluation images, for configs that share leading stages with it."""
+        calibration and evaluation images, for configs that share leading stages with it (a config
+        already prepared is not prepared again)."""
+        if self._prepared is not None and self._prepared[0] == config:
+            return
         model = extract(self.supernet, config).eval()
         norms = _batch_norms(model)
         with _exact_statistics(norms):  # the prefix recalibrates while its train-mode activations are recorded

@@ -20,6 +20,12 @@ from search_spaces.config import dump_yaml
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet-folder")
 DISTILLATIONS = ("hard", "soft")
+INPLACE_LOSSES = ("kl", "alpha-divergence")  # what the sandwich's other subnets learn from the largest by
+DROP_PATH_SCOPES = ("all", "largest")  # which subnets of a sandwich drop paths (BigNAS, AlphaNet: the largest)
+MIDDLE_SAMPLINGS = ("uniform", "size-strata")  # how the sandwich's num_random subnets are drawn
+# settings that only a supernet's sandwich reads: a network trained alone is the same whatever they are, so
+# scratch_yaml() (what from-scratch results are keyed by) leaves them out
+SANDWICH_ONLY = ("inplace_loss", "drop_path_scope", "middle_sampling")
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # package data: shipped in the wheel
 
 
@@ -64,6 +70,9 @@ class Recipe:
     # sandwich rule
     num_random: int = 2  # random subnets per step besides the largest and the smallest
     inplace_distill: bool = True
+    inplace_loss: str = "kl"  # kl: cross-entropy to the largest's predictions; alpha-divergence: AlphaNet's
+    drop_path_scope: str = "all"  # largest: drop_path on the largest subnet only, the others none
+    middle_sampling: str = "uniform"  # uniform choices, or size-strata: one random subnet per band of log params
     # knowledge distillation of a network trained from scratch (nas train --teacher)
     distillation: str = "hard"  # hard: the teacher's argmax (DeiT, the paper); soft: its tempered softmax
     distill_alpha: float = 0.5  # weight of the distillation head's loss
@@ -88,6 +97,11 @@ class Recipe:
                 raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected 0 or more")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise InvalidInputError(f"recipe: crop_scale = {list(self.crop_scale)}; expected 0 < low <= high <= 1")
+        for name, choices in (("inplace_loss", INPLACE_LOSSES), ("drop_path_scope", DROP_PATH_SCOPES),
+                              ("middle_sampling", MIDDLE_SAMPLINGS)):
+            if getattr(self, name) not in choices:
+                raise InvalidInputError(f"recipe: {name} = {getattr(self, name)!r}; expected one of "
+                                        f"{', '.join(choices)}")
         if self.distillation not in DISTILLATIONS:
             raise InvalidInputError(f"recipe: distillation = {self.distillation!r}; expected one of "
                                     f"{', '.join(DISTILLATIONS)}")
@@ -131,6 +145,11 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
+
+    def scratch_yaml(self) -> str:
+        """The settings a network trained alone depends on, as YAML: the recipe without ``SANDWICH_ONLY``
+        (from-scratch results and the truth bank are keyed by its digest)."""
+        return dump_yaml({k: v for k, v in self.to_dict().items() if k not in SANDWICH_ONLY})
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":

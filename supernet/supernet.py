@@ -89,6 +89,12 @@ class Supernet(nn.Module):
         head_dist = F.linear(x, self.head_dist.weight[:, :c], self.head_dist.bias)
         return (head + head_dist) / 2
 
+    def drop_paths(self, enabled: bool) -> None:
+        """Drop paths at the rates the supernet was built with (``enabled``), or not at all."""
+        for stage in self.stages:
+            for block in stage.blocks:
+                block.drop_path_rate = block.built_drop_path_rate if enabled else 0.0
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names excluded from weight decay (timm's convention for this family)."""
         return {name for name, _ in self.named_parameters() if "attention_biases" in name}

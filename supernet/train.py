@@ -13,6 +13,7 @@ A run folder holds ``checkpoint.pt`` (atomic; written every
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -28,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, get_space
+from search_spaces import InvalidInputError, NasError, SearchSpace, SubnetConfig, count_params, get_space
 from search_spaces.io import atomic_write_text, check_output
 from search_spaces.runtime import check_configured
 from supernet.checkpoint import (
@@ -62,34 +63,107 @@ def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torc
     return torch.sum(-target_probs * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
-def sandwich_configs(space: SearchSpace, rng: random.Random, num_random: int) -> list[SubnetConfig]:
-    """The sandwich rule: the largest, the smallest and ``num_random`` random configs."""
-    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(num_random)]
+ALPHA_RANGE = (-1.0, 1.0)  # AlphaNet's alpha_min, alpha_max
+ALPHA_CLIP = 5.0  # AlphaNet's clip of the importance weights (p / q) ** alpha
+
+
+def alpha_divergence(logits: torch.Tensor, teacher_probs: torch.Tensor, alphas: tuple[float, float] = ALPHA_RANGE,
+                     clip: float = ALPHA_CLIP) -> tuple[torch.Tensor, torch.Tensor]:
+    """AlphaNet's adaptive alpha-divergence of the student (``logits``, q) from the teacher (p), per image the
+    larger of D_alpha for the two alphas: ``(value, surrogate)``, both means over the batch. ``value`` is the
+    divergence (for logs); ``surrogate`` has its gradient (``-sum q rho log q`` with q and rho held fixed,
+    rho = f(r) - r f'(r) negated for f(r) = (r^alpha - 1) / (alpha (alpha - 1)), r = p / q, r^alpha clipped);
+    alpha = 1 is KL(p || q), whose gradient is plain distillation's."""
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    q = log_q.exp().detach()
+    p = teacher_probs.float()
+    log_ratio = p.clamp_min(1e-30).log() - log_q.detach()
+    values, pulls = [], []  # per alpha: the divergence per image, and q x rho per class
+    for alpha in alphas:
+        if abs(alpha - 1.0) < 1e-3:  # KL(p || q); q x rho = p exactly (r itself may overflow)
+            values.append(torch.sum(p * log_ratio, dim=-1))
+            pulls.append(p)
+        elif abs(alpha) < 1e-3:
+            log_ratio_clipped = log_ratio.clamp(max=math.log(clip))
+            values.append(torch.sum(-q * log_ratio_clipped, dim=-1))
+            pulls.append(q * (log_ratio_clipped - 1.0))
+        else:
+            weight = torch.exp(alpha * log_ratio).clamp(max=clip)
+            base = 1.0 / (alpha * (alpha - 1.0))
+            values.append(torch.sum(q * (weight - 1.0), dim=-1) * base)
+            pulls.append(q * (weight / alpha + base))
+    first = values[0] > values[1]  # per image: the larger divergence
+    value = torch.where(first, values[0], values[1])
+    pull = torch.where(first.unsqueeze(-1), pulls[0], pulls[1])
+    surrogate = -torch.sum(pull * log_q, dim=-1)
+    return value.mean(), surrogate.mean()
+
+
+def sandwich_configs(space: SearchSpace, rng: random.Random, num_random: int,
+                     middle: str = "uniform") -> list[SubnetConfig]:
+    """The sandwich rule: the largest, the smallest and ``num_random`` random configs, drawn with uniform
+    choices (``uniform``) or one from each of ``num_random`` equal bands of log parameters between the
+    smallest and the largest (``size-strata``: uniform choices bunch in the middle sizes)."""
+    configs = [space.largest(), space.smallest()]
+    if middle == "uniform":
+        return configs + [space.sample(rng) for _ in range(num_random)]
+    low, high = (math.log(count_params(c)) for c in configs[::-1])
+    for band in range(num_random):
+        lower, upper = (low + (high - low) * (band + f) / num_random for f in (0, 1))
+        closest = None
+        for _ in range(STRATA_TRIES):  # rejection: the first draw in the band, else the closest one
+            config = space.sample(rng)
+            size = math.log(count_params(config))
+            if lower <= size <= upper:
+                closest = (0.0, config)
+                break
+            distance = min(abs(size - lower), abs(size - upper))
+            if closest is None or distance < closest[0]:
+                closest = (distance, config)
+        configs.append(closest[1])
+    return configs
+
+
+STRATA_TRIES = 200
 
 
 def sandwich_step(model: nn.Module, configs: list[SubnetConfig], images: torch.Tensor, targets: torch.Tensor,
-                  inplace_distill: bool, autocast: Callable) -> dict[str, float]:
+                  inplace_distill: bool, autocast: Callable, inplace_loss: str = "kl",
+                  drop_path_scope: str = "all") -> dict[str, float]:
     """Forward and backward every config of one sandwich; gradients add up in ``.grad``.
 
     The largest config (first) learns from the (mixed, smoothed) targets; with
-    in-place distillation the others learn from its detached soft predictions.
-    Returns the loss of each role. The caller clips and steps the optimizer once.
+    in-place distillation the others learn from its detached soft predictions, by
+    cross-entropy (``kl``) or AlphaNet's adaptive alpha-divergence. With
+    ``drop_path_scope="largest"`` only the largest drops paths. Returns the loss of
+    each role. The caller clips and steps the optimizer once.
     """
     losses: dict[str, float] = {}
     teacher = None
-    for position, config in enumerate(configs):
-        with autocast():
-            logits = model(images, config)
-        target = targets if teacher is None or not inplace_distill else teacher
-        loss = soft_cross_entropy(logits, target)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss of config {config.key} became {loss.item()}; lower base_lr "
-                                   f"or raise clip_grad in the recipe and resume from the last checkpoint")
-        loss.backward()
-        if position == 0:
-            teacher = logits.detach().float().softmax(dim=-1)
-        role = "largest" if position == 0 else "smallest" if position == 1 else "random"
-        losses[role] = losses.get(role, 0.0) + loss.item() / (1 if role != "random" else len(configs) - 2)
+    supernet = getattr(model, "module", model)  # DistributedDataParallel's wrapped module
+    try:
+        for position, config in enumerate(configs):
+            if drop_path_scope == "largest":
+                supernet.drop_paths(position == 0)
+            with autocast():
+                logits = model(images, config)
+            distilled = teacher is not None and inplace_distill
+            if distilled and inplace_loss == "alpha-divergence":
+                value, loss = alpha_divergence(logits, teacher)
+            else:
+                loss = soft_cross_entropy(logits, teacher if distilled else targets)
+                value = loss
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the loss of config {config.key} became {loss.item()}; lower base_lr "
+                                       f"or raise clip_grad in the recipe and resume from the last checkpoint")
+            loss.backward()
+            if position == 0:
+                teacher = logits.detach().float().softmax(dim=-1)
+            role = "largest" if position == 0 else "smallest" if position == 1 else "random"
+            losses[role] = losses.get(role, 0.0) + value.item() / (1 if role != "random" else len(configs) - 2)
+    finally:
+        if drop_path_scope == "largest":
+            supernet.drop_paths(True)
     return losses
 
 
@@ -242,8 +316,10 @@ class SupernetTask(TrainingTask):
                         layer_scale_init=self.recipe.layer_scale_init)
 
     def step(self, model, images, targets, autocast):
-        configs = sandwich_configs(self.space, self.rng, self.recipe.num_random)
-        return sandwich_step(model, configs, images, targets, self.recipe.inplace_distill, autocast)
+        recipe = self.recipe
+        configs = sandwich_configs(self.space, self.rng, recipe.num_random, recipe.middle_sampling)
+        return sandwich_step(model, configs, images, targets, recipe.inplace_distill, autocast, recipe.inplace_loss,
+                             recipe.drop_path_scope)
 
     def evaluate(self, module: nn.Module, splits: Splits) -> dict[str, float]:
         """Top-1 of the largest and smallest configs on the held-out split, after recalibration."""

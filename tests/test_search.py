@@ -105,6 +105,101 @@ def test_greedy_takes_the_least_accuracy_drop_per_mes_gain():
     assert not budget.met((before_last["params"], before_last["latency_ms"], before_last["mes"]))
 
 
+def test_nsga2_rounds_propose_what_one_proposal_at_a_time_would():
+    """NSGA-II asks a generation's proposals together (so that workers can score them at once): the
+    trials are those of asking and telling one at a time, duplicates and all, over three generations."""
+    import optuna
+
+    from nas.search import NSGA2_POPULATION, optuna_sampler, sampler_search
+
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, MacsLatency(), ParamsAccuracy(), 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.8)
+    evaluations = NSGA2_POPULATION * 2 + 7
+    directions = ["maximize", "maximize"]
+    rounds = optuna.create_study(directions=directions)
+    sampler_search(space, Evaluator(objectives, None, "nsga2"), [budget], evaluations, rounds, "nsga2", seed=5)
+    # one at a time: each proposal told before the next is asked
+    single, keys, asked = optuna.create_study(directions=directions), set(), 0
+    while len(keys) < evaluations:
+        single.sampler = optuna_sampler("nsga2", 5 * 1_000_003 + asked)
+        trial = single.ask(store.distributions(space))
+        asked += 1
+        config = store.decode(space, trial.params)
+        if config.key in keys:
+            single.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        metrics = objectives(config)
+        trial.set_constraint("budget", (metrics.params - budget.value) / 1e6)
+        single.tell(trial, [metrics.accuracy, metrics.mes])
+        keys.add(config.key)
+
+    def proposals(study):
+        return [(store.decode(space, t.params).key, t.state.name) for t in study.trials]
+
+    def complete(study):
+        return [key for key, state in proposals(study) if state == "COMPLETE"]
+
+    assert len(complete(rounds)) == evaluations and len(set(complete(rounds))) == evaluations
+    assert sorted(proposals(rounds)) == sorted(proposals(single))  # duplicates are told at the round's end
+    assert complete(rounds) == complete(single)
+
+
+@pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
+@pytest.mark.parametrize("stop", ["scoring", "telling"])
+def test_a_sampler_stopped_mid_round_resumes_to_the_uninterrupted_result(algorithm, stop):
+    """A run stopped while a round is scored (nothing of it told: the round's proposals are kept and
+    scored) or half told (the rest is scored and told), or inside a proposal (its trial has only some
+    parameters: failed and asked again): run again, the trials are the uninterrupted run's."""
+    import optuna
+
+    from nas.search import sampler_search
+
+    space = get_space("efficientformerv2-tiny@32")
+    objectives = Objectives.from_table(space, MacsLatency(), ParamsAccuracy(), 1.0, 0.5)
+    budget = Budget("params", count_params(space.largest()) * 0.8)
+
+    def search(study):
+        return sampler_search(space, Evaluator(objectives, None, algorithm), [budget], 35, study, algorithm, seed=1)
+
+    whole = optuna.create_study(directions=["maximize", "maximize"])
+    expected = search(whole)[0]
+    stopped = optuna.create_study(directions=["maximize", "maximize"])
+    told = []
+
+    class Stop(Exception):
+        pass
+
+    def tell(trial, values=None, state=None):
+        if values is not None and len(told) == 23:
+            raise Stop
+        told.append(trial)
+        return optuna.Study.tell(stopped, trial, values, state)
+
+    original = Evaluator.many
+
+    def many(self, configs, record=True):
+        if len(told) >= 20:
+            raise Stop
+        return original(self, configs, record)
+
+    stopped.tell = tell
+    with pytest.MonkeyPatch.context() as patch:
+        if stop == "scoring":
+            patch.setattr(Evaluator, "many", many)
+        with pytest.raises(Stop):
+            search(stopped)
+    del stopped.tell
+    states = [t.state for t in stopped.trials]
+    assert optuna.trial.TrialState.RUNNING in states
+    if stop == "scoring":  # and a proposal stopped after its first parameter: RUNNING, the rest missing
+        name, distribution = next(iter(store.distributions(space).items()))
+        stopped.ask({name: distribution})
+    assert (states.count(optuna.trial.TrialState.COMPLETE) == 23) == (stop == "telling")
+    assert [row["key"] for row in search(stopped)[0]] == [row["key"] for row in expected]
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in stopped.trials]
+
+
 def test_free_moves_take_the_largest_mes_gain(table):
     """Moves that cost no accuracy (an evaluator that cannot tell configs apart) win outright,
     the largest MES gain first: the search takes big free strides, not the first small one."""

@@ -226,7 +226,7 @@ class Reproduction:
         recipe = self.scratch_recipe(seed)
         if recipe.space != config.space:  # e.g. the -nobias variant of the recipe's space
             recipe = recipe.replace(space=config.space)
-        protocol = hashlib.sha1(recipe.to_yaml().encode()).hexdigest()[:10]
+        protocol = hashlib.sha1(recipe.scratch_yaml().encode()).hexdigest()[:10]
         run = self.work / "scratch" / protocol / hashlib.sha1(config.key.encode()).hexdigest()[:16]
         result_file = run / "result.json"
         if result_file.exists():

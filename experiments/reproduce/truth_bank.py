@@ -123,7 +123,7 @@ def save_bank(bank: pd.DataFrame, path: Path) -> None:
 
 def recipe_digest(rep: Reproduction) -> str:
     """The from-scratch protocol, seed aside: recipe, epochs and training images."""
-    return hashlib.sha1(rep.scratch_recipe(0).to_yaml().encode()).hexdigest()[:10]
+    return hashlib.sha1(rep.scratch_recipe(0).scratch_yaml().encode()).hexdigest()[:10]
 
 
 def anchors(rep: Reproduction, space, include) -> list[tuple[str, SubnetConfig]]:
