@@ -67,27 +67,47 @@ SMALL_RUN = {
 }
 
 
+def _built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A session artifact (a folder ``name`` that ``build`` fills, read-only for the tests): under
+    pytest-xdist built by the first worker that needs it, under a file lock, and shared by the others."""
+    if worker_id == "master":  # no xdist: this session's own temporary folder
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    path, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            build(path)
+            done.touch()
+    return path
+
+
 @pytest.fixture(scope="session")
-def tiny_supernet_run(tmp_path_factory):
+def tiny_supernet_run(tmp_path_factory, worker_id):
     """A real (briefly) trained supernet of the tiny space at 32 px, on real Fashion-MNIST images."""
     from supernet.recipe import load_recipe
     from supernet.train import train_supernet
 
-    run = tmp_path_factory.mktemp("supernet") / "run"
-    recipe = load_recipe("fashion-mnist-tiny").replace(**SMALL_RUN)
-    train_supernet(recipe, run, progress=False)
-    return run
+    def build(folder):
+        train_supernet(load_recipe("fashion-mnist-tiny").replace(**SMALL_RUN), folder / "run", progress=False)
+
+    return _built_once(tmp_path_factory, worker_id, "supernet", build) / "run"
 
 
 @pytest.fixture(scope="session")
-def tiny_lut(tmp_path_factory):
+def tiny_lut(tmp_path_factory, worker_id):
     """A real torch-cpu latency table of the tiny space at 32 px (few runs: fast, still measured)."""
     from latency_lut import Backend, Protocol, build_table
 
-    path = tmp_path_factory.mktemp("lut") / "tiny32.parquet"
-    build_table("efficientformerv2-tiny@32", Backend("torch-cpu", threads=1), path,
-                Protocol(runs=3, warmup=1, rounds=1), progress=False)
-    return path
+    def build(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        build_table("efficientformerv2-tiny@32", Backend("torch-cpu", threads=1), folder / "tiny32.parquet",
+                    Protocol(runs=3, warmup=1, rounds=1), progress=False)
+
+    return _built_once(tmp_path_factory, worker_id, "lut", build) / "tiny32.parquet"
 
 
 QUICKSTART_ARGS = ("--eval-images", "64", "--bn-batches", "1", "--evaluations", "8", "--lut-runs", "3",

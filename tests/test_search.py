@@ -495,7 +495,8 @@ def _complete_trials(db) -> int:
         return 0
 
 
-@pytest.mark.parametrize("algorithm", ["nsga2", pytest.param("tpe", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 40 s each; the resume logic is tested in process (test_a_sampler_stopped_mid_round_...)
+@pytest.mark.parametrize("algorithm", ["nsga2", "tpe"])
 def test_a_sampler_killed_mid_search_resumes_to_the_uninterrupted_result(algorithm, tiny_supernet_run, tiny_lut,
                                                                          tmp_path):
     """SIGKILL at 13 of 30 configs, then the same command again: the same configs in the same order as a run
