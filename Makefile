@@ -26,10 +26,10 @@ demo: install
 	$(BIN)/nas quickstart
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist loadfile --durations=15
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow -n auto --dist loadgroup
+	$(BIN)/python -m pytest -q -m slow -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

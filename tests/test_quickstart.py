@@ -6,7 +6,6 @@ from pathlib import Path
 import nbformat
 import optuna
 import pandas as pd
-import pytest
 from nbclient import NotebookClient
 
 from conftest import QUICKSTART_ARGS, ROOT, nas_main, parse_nas_command, run_nas
@@ -15,8 +14,6 @@ from search_spaces import load_config
 from supernet.checkpoint import CHECKPOINT
 
 PNG = b"\x89PNG\r\n\x1a\n"
-# one test process builds the quickstart for every test that reads it (pytest -n: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("quickstart")
 
 
 def test_quickstart_writes_the_report(quickstart_run):

@@ -66,7 +66,6 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow  # 1.5 min: make test-slow
-@pytest.mark.xdist_group("quickstart")  # with test_quickstart.py: one process builds the quickstart
 def test_attention_bias_and_ranking_fidelity_run_on_the_quickstart(quickstart_run, tmp_path):
     out, recipe, _ = quickstart_run
     first = _run("attention_bias", out, recipe, tmp_path, "--seeds", "1")
