@@ -40,7 +40,7 @@ from nas import store
 from nas.search_job import DEFAULT_CRITERION, SEARCH_PROTOCOL, SearchJob
 from nas.search import ALGORITHMS, check_criterion
 from search_spaces import InvalidInputError, SubnetConfig
-from search_spaces.runtime import configure_process
+from search_spaces.runtime import run_script
 from supernet.evaluate import SubnetScorer
 from supernet.protocol import EvalProtocol
 
@@ -262,8 +262,4 @@ def combined_report(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    configure_process()
-    try:
-        main()
-    except InvalidInputError as error:
-        raise SystemExit(f"error: {error}") from None
+    run_script(main)

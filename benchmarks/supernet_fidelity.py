@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from nas.fidelity import bank_truth, describe, fidelity, scatter, seed_noise  # noqa: E402
 from nas.plots import save_figure  # noqa: E402
 from search_spaces import InvalidInputError, SubnetConfig  # noqa: E402
-from search_spaces.runtime import configure_process  # noqa: E402
+from search_spaces.runtime import run_script  # noqa: E402
 from supernet.protocol import EvalProtocol  # noqa: E402
 
 
@@ -74,8 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_process()
-    try:
-        main()
-    except InvalidInputError as error:
-        raise SystemExit(f"error: {error}") from None
+    run_script(main)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from search_spaces import InvalidInputError  # noqa: E402
-from search_spaces.runtime import configure_process  # noqa: E402
+from search_spaces.runtime import run_script  # noqa: E402
 
 # name -> recipe changes (the embedded recipe drops no paths: drop-path-all is drop path itself,
 # drop-path-largest its scope)
@@ -124,8 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_process()
-    try:
-        main()
-    except InvalidInputError as error:
-        raise SystemExit(f"error: {error}") from None
+    run_script(main)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import platform
 import warnings
+from typing import Callable
 
 _state = {"denormals": False, "freed_memory": False, "warned": False}
 
@@ -83,3 +84,15 @@ def check_configured(task: str) -> None:
     warnings.warn(f"{task} runs without search_spaces.runtime.configure_process(): on CPU, denormal floats "
                   "can slow it by up to 13x and latencies depend on earlier allocations; call it once at the "
                   "start of your program, as the nas command does", RuntimeWarning, stacklevel=3)
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """A script's entry point (``benchmarks/``, ``experiments/reproduce/``): the process settings, then
+    ``main``; bad input (the project's errors) ends in one line, not a traceback."""
+    from search_spaces.errors import NasError
+
+    configure_process()
+    try:
+        main()
+    except NasError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -71,18 +71,6 @@ def parser(description: str, seeds: Optional[int] = None) -> argparse.ArgumentPa
     return p
 
 
-def run(main: Callable[[], None]) -> None:
-    """A script's entry point: bad input (the project's errors) ends in one line, not a traceback."""
-    from search_spaces import NasError
-    from search_spaces.runtime import configure_process
-
-    configure_process()
-    try:
-        main()
-    except NasError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
 def positive(name: str, value: int) -> int:
     if value < 1:
         raise SystemExit(f"{name} {value}: expected a positive number")

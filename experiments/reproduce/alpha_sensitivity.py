@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, run
+from _common import Reproduction, config_text, parser
+from search_spaces.runtime import run_script
 from nas.quickstart import BACKEND
 
 PAPER = ("at 3.5M params: (alpha_latency, alpha_size) = (1.0, 1.0): 1.1 ms, 77.0%; (0.5, 1.0): 1.3 ms, 77.3%; "
@@ -95,4 +96,4 @@ def _figure(frame: pd.DataFrame, budget: str):
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

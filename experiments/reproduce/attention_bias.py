@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, run, seed_bar_figure
+from _common import Reproduction, config_text, parser, seed_bar_figure
+from search_spaces.runtime import run_script
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 from search_spaces.space import without_attention_bias
 
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

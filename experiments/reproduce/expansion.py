@@ -16,7 +16,8 @@ import statistics
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, run, seed_bar_figure
+from _common import Reproduction, config_text, parser, seed_bar_figure
+from search_spaces.runtime import run_script
 from search_spaces import BlockConfig, StageConfig, SubnetConfig, count_params
 
 PAPER = "at 13.4M params and 1.6 ms, expansion 4 / 2 / 1 reach 81.8 / 81.6 / 81.1% top-1"
@@ -110,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

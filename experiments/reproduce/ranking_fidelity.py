@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import ROOT, Reproduction, config_text, parser, positive, run
+from _common import ROOT, Reproduction, config_text, parser, positive
+from search_spaces.runtime import run_script
 from nas.fidelity import bank_truth, describe, fidelity, scatter, seed_noise
 from search_spaces import InvalidInputError, SubnetConfig
 from supernet.protocol import EvalProtocol
@@ -89,4 +90,4 @@ def _shown(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

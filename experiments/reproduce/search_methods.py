@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, parser, run
+from _common import Reproduction, config_text, parser
+from search_spaces.runtime import run_script
 from nas.quickstart import BACKEND
 
 PAPER = ("at 7.0M params the joint search reaches 79.4% top-1, V1-scale 79.2% and V1-scale + magnitude pruning "
@@ -92,4 +93,4 @@ def _figure(frame: pd.DataFrame, budget: str):
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from _common import Reproduction, config_text, family_and_random, parser, positive, run
+from _common import Reproduction, config_text, family_and_random, parser, positive
+from search_spaces.runtime import run_script
 from nas.quickstart import BACKEND
 
 PAPER = "the searched models beat random subnetworks of the same budgets at every latency"
@@ -97,4 +98,4 @@ def _figure(frame: pd.DataFrame):
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)

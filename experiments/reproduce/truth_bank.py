@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import ROOT, Reproduction, parser, positive, run
+from _common import ROOT, Reproduction, parser, positive
+from search_spaces.runtime import run_script
 from search_spaces import InvalidInputError, SubnetConfig, count_params, load_configs
 from search_spaces.io import atomic_path
 
@@ -168,4 +169,4 @@ def planned_configs(space, bank: pd.DataFrame, anchor_configs, count: int, pool:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_script(main)
