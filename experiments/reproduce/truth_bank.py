@@ -86,6 +86,10 @@ def main() -> None:
     todo = [item for item in todo if (item[1].key, item[2]) not in done]
     rep.echo(f"{args.bank}: {len(bank)} rows; {len(todo)} runs to go ({len(plan)} configs, {len(twice)} with a "
              "second seed)")
+    if not bank.empty:
+        top1 = bank["test_top1"]
+        rep.echo(f"  test top-1 of its runs: {top1.min():.2f}-{top1.max():.2f}%, median {top1.median():.2f}, std "
+                 f"{top1.std():.2f}; {bank['train_seconds'].sum() / 60:.0f} min of training")
     if args.dry_run:
         for source, config, seed in todo:
             params, latency = point(config)
