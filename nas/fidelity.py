@@ -51,6 +51,37 @@ def with_intervals(x: Sequence[float], y: Sequence[float], resamples: int = 2000
     return result
 
 
+def paired_difference(truth: Sequence[float], before: Sequence[float], after: Sequence[float],
+                      resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """How much ``after`` (one supernet's scores) ranks the truth better than ``before`` (another's, of
+    the same configs): ``{STAT: after's minus before's, STAT_low, STAT_high}`` for each of
+    ``STATISTICS``, the interval a percentile bootstrap over configs where both are resampled
+    together. Pairing removes the spread that comes from which configs the bank holds, so a
+    difference can be told from zero where the two statistics' own intervals overlap."""
+    truth, before, after = (np.asarray(v, float) for v in (truth, before, after))
+    if not truth.size == before.size == after.size:
+        raise ValueError(f"expected paired series; got {truth.size}, {before.size} and {after.size} values")
+
+    def difference(pick) -> dict:
+        a, b = rank_correlations(before[pick], truth[pick]), rank_correlations(after[pick], truth[pick])
+        return {name: b[name] - a[name] for name in STATISTICS}
+
+    result = difference(np.arange(truth.size))
+    rng = np.random.default_rng(seed)
+    draws = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(resamples):
+            pick = rng.integers(0, truth.size, truth.size)
+            if min(np.ptp(truth[pick]), np.ptp(before[pick]), np.ptp(after[pick])) > 0:
+                draws.append(difference(pick))
+    tail = (1 - level) / 2 * 100
+    for name in STATISTICS:
+        values = np.asarray([draw[name] for draw in draws], float)
+        low, high = np.nanpercentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
+        result[f"{name}_low"], result[f"{name}_high"] = float(low), float(high)
+    return result
+
+
 def bank_truth(bank: pd.DataFrame) -> pd.DataFrame:
     """One row per config of the bank: its test and val top-1, averaged over its seeds."""
     grouped = bank.groupby("key", sort=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nas.fidelity import bank_truth, fidelity, rank_correlations, seed_noise, with_intervals
+from nas.fidelity import bank_truth, fidelity, paired_difference, rank_correlations, seed_noise, with_intervals
 from search_spaces import count_params, get_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "reproduce"))
@@ -61,6 +61,27 @@ def test_the_bank_averages_seeds_and_measures_their_noise():
     split = fidelity([90, 89, 88, 50, 40, 30, 20, 10, 0], [9, 8, 7, 1, 2, 3, 4, 5, 6], resamples=100)
     assert split["top_third"]["n"] == 3 and split["top_third"]["kendall_tau"] == pytest.approx(1)
     assert split["all"]["kendall_tau"] < 0.5  # the rest of the bank is ranked backwards
+
+
+def test_a_paired_difference_is_narrower_than_an_unpaired_one():
+    rng = np.random.default_rng(1)
+    truth = rng.standard_normal(48)
+    shared = rng.standard_normal(48)  # the configs a supernet misranks, common to both
+    before = truth + 0.8 * shared + 0.3 * rng.standard_normal(48)
+    after = truth + 0.4 * shared + 0.3 * rng.standard_normal(48)
+    diff = paired_difference(truth, before, after, resamples=500)
+    for name in ("r2", "kendall_tau"):
+        a, b = (with_intervals(x, truth, resamples=500) for x in (before, after))
+        assert diff[name] == pytest.approx(b[name] - a[name])
+        assert diff[name + "_low"] <= diff[name] <= diff[name + "_high"]
+        width = diff[name + "_high"] - diff[name + "_low"]
+        unpaired = np.hypot(*(s[name + "_high"] - s[name + "_low"] for s in (a, b)))  # independent intervals
+        assert width < unpaired
+    assert diff["kendall_tau_low"] > 0  # after ranks better, and the pairing can tell
+    same = paired_difference(truth, before, before, resamples=100)
+    assert same["r2"] == 0 and same["r2_low"] == same["r2_high"] == 0
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference(truth, before, after[:10])
 
 
 def test_the_plan_keeps_the_bank_and_spreads_new_configs():
