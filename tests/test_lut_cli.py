@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import MAC, coreml_results, parse_nas_command
+from conftest import MAC, coreml_results, nas_main, parse_nas_command
 from latency_lut import LatencyTable, space_parts
 
 SPACE = "efficientformerv2-tiny@32"
@@ -84,23 +84,23 @@ def test_import_through_the_command_line(nas_cli, tmp_path):
 
 
 def test_bad_input_exits_2_without_traceback_or_files(nas_cli, tmp_path):
-    out = tmp_path / "t.parquet"
+    out = tmp_path / "t.parquet"  # the first case through the console script, the rest in process
     _assert_clean_error(nas_cli("build-lut", "--space", "resnet", "--out", out), "unknown search space 'resnet'")
-    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--backend", "tpu", "--out", out),
+    _assert_clean_error(nas_main("build-lut", "--space", SPACE, "--backend", "tpu", "--out", out),
                         "unknown backend 'tpu'")
-    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--out", tmp_path / "t.xlsx"),
+    _assert_clean_error(nas_main("build-lut", "--space", SPACE, "--out", tmp_path / "t.xlsx"),
                         "expected a .parquet (or .csv) file name")
-    _assert_clean_error(nas_cli("build-lut", "--space", SPACE, "--out", out, "--runs", "0"), "--runs")
+    _assert_clean_error(nas_main("build-lut", "--space", SPACE, "--out", out, "--runs", "0"), "--runs")
     assert not list(tmp_path.iterdir())
-    _assert_clean_error(nas_cli("lut", "show", tmp_path / "missing.parquet"), "does not exist")
+    _assert_clean_error(nas_main("lut", "show", tmp_path / "missing.parquet"), "does not exist")
     not_a_table = tmp_path / "plain.csv"
     not_a_table.write_text("a,b\n1,2\n")
-    _assert_clean_error(nas_cli("lut", "validate", not_a_table, "--samples", "3"), "is not a latency table")
-    _assert_clean_error(nas_cli("lut", "import", "--manifest", tmp_path / "m.csv", "--measurements",
+    _assert_clean_error(nas_main("lut", "validate", not_a_table, "--samples", "3"), "is not a latency table")
+    _assert_clean_error(nas_main("lut", "import", "--manifest", tmp_path / "m.csv", "--measurements",
                                 tmp_path / "r.csv", "--out", tmp_path / "x.parquet"), "does not exist")
-    _assert_clean_error(nas_cli("lut", "export-coreml", "--space", "nope", "--out", tmp_path / "e"),
+    _assert_clean_error(nas_main("lut", "export-coreml", "--space", "nope", "--out", tmp_path / "e"),
                         "unknown search space 'nope'")
-    _assert_clean_error(nas_cli("lut", "export-coreml", "--space", SPACE, "--out", tmp_path / "e", "--networks", "-2"),
+    _assert_clean_error(nas_main("lut", "export-coreml", "--space", SPACE, "--out", tmp_path / "e", "--networks", "-2"),
                         "networks = -2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv"]
 

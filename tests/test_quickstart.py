@@ -85,6 +85,13 @@ def test_quickstart_again_reuses_every_stage(quickstart_run):
     assert again.stdout.count("0 evaluated now") == 4 and again.stdout.count("reusing ") >= 4
     assert checkpoint.stat().st_mtime_ns == before
     assert sum(s.n_trials for s in optuna.study.get_all_study_summaries(storage)) == trials
+    # another recipe is not silently served the old supernet
+    changed = recipe.with_name("changed.yaml")
+    changed.write_text(recipe.read_text().replace("clip_grad: 0.01", "clip_grad: 1.0"))
+    assert changed.read_text() != recipe.read_text()
+    refused = run_nas("quickstart", "--out", out, "--recipe", changed, *QUICKSTART_ARGS)
+    assert refused.returncode != 0 and "another recipe" in refused.stderr and "clip_grad" in refused.stderr
+    assert checkpoint.stat().st_mtime_ns == before
 
 
 def test_pareto_notebook_runs_on_the_quickstart_results(quickstart_run, monkeypatch):

@@ -105,6 +105,7 @@ class Reproduction:
         self.name, self.args = name, args
         self.started = time.time()
         self.recipe = load_recipe(args.recipe)
+        self.scratch_base = self.recipe  # the from-scratch runs' recipe (the truth bank pins its own)
         self.echo: Callable[[str], None] = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
         self.work = Path(args.work)
         self.scratch_seconds = 0.0  # trained in this invocation
@@ -199,7 +200,8 @@ class Reproduction:
         return available if self.args.train_images is None else min(self.args.train_images, available)
 
     def scratch_recipe(self, seed: Optional[int] = None):
-        return self.recipe.replace(max_train_images=self.train_images(), seed=self.args.seed if seed is None else seed)
+        return self.scratch_base.replace(max_train_images=self.train_images(),
+                                         seed=self.args.seed if seed is None else seed)
 
     def protocol(self) -> str:
         epochs = f"{self.recipe.epochs} epoch{'s' if self.recipe.epochs > 1 else ''}"

@@ -18,7 +18,9 @@ The configs:
 * **a second seed** for ``--second-seed`` of them, evenly spaced by size, to measure seed noise.
 
 Every network: the supernet's recipe and budget (``fashion-mnist-tiny``: one epoch on its
-training images), one seed each; test and held-out val top-1.
+training images), one seed each; test and held-out val top-1. The recipe is the one the bank
+started with, kept beside it (``truth_bank.recipe.yaml``), so a bank stays one protocol while
+the supernet's recipe is tuned; a new bank (``--bank``) starts from ``--recipe``.
 
     python experiments/reproduce/truth_bank.py                     # 2-3 h on 2 cores for 48 + 10 runs
     python experiments/reproduce/truth_bank.py --max-runs 5        # add at most 5 rows, then stop
@@ -37,7 +39,8 @@ import pandas as pd
 from _common import ROOT, Reproduction, parser, positive
 from search_spaces.runtime import run_script
 from search_spaces import InvalidInputError, SubnetConfig, count_params, load_configs
-from search_spaces.io import atomic_path
+from search_spaces.io import atomic_path, atomic_write_text
+from supernet.recipe import load_recipe
 
 COLUMNS = ["key", "space", "source", "params", "latency_ms", "seed", "val_top1", "test_top1", "recipe_digest",
            "train_seconds", "date"]
@@ -60,6 +63,9 @@ def main() -> None:
         raise SystemExit(f"--second-seed {args.second_seed}: expected 0 to --configs ({args.configs})")
     rep = Reproduction("truth_bank", args)
     bank = load_bank(args.bank)
+    pinned = recipe_file(args.bank)
+    if pinned.exists():
+        rep.scratch_base = load_recipe(pinned)
     digest = recipe_digest(rep)
     if not bank.empty and set(bank["recipe_digest"]) != {digest}:
         raise InvalidInputError(f"{args.bank} holds runs of recipe {sorted(set(bank['recipe_digest']))}; this "
@@ -105,6 +111,9 @@ def main() -> None:
                "test_top1": result["test_top1"], "recipe_digest": digest, "train_seconds": result["train_seconds"],
                "date": datetime.date.today().isoformat()}
         bank = pd.concat([bank, pd.DataFrame([row])], ignore_index=True)
+        if not pinned.exists():
+            pinned.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(pinned, rep.scratch_base.to_yaml())
         save_bank(bank, args.bank)
         rep.echo(f"bank: {len(bank)} rows, {bank['key'].nunique()} configs")
 
@@ -124,6 +133,12 @@ def save_bank(bank: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         bank.sort_values(["params", "key", "seed"]).to_csv(tmp, index=False)
+
+
+def recipe_file(bank: Path) -> Path:
+    """The recipe the bank's runs were trained with (``truth_bank.recipe.yaml`` beside ``truth_bank.csv``),
+    written with its first row: the bank keeps its protocol when the supernet's recipe moves on."""
+    return bank.with_name(f"{bank.stem}.recipe.yaml")
 
 
 def recipe_digest(rep: Reproduction) -> str:
