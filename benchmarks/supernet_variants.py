@@ -73,7 +73,8 @@ def train(name: str, recipe, work: Path) -> tuple[Path, float]:
 def bank_scores(run: Path, bank: pd.DataFrame) -> pd.DataFrame:
     """The bank's configs with the supernet's top-1 (``supernet_fidelity.py``'s scoring), kept in the run
     folder (``bank_scores.csv``) and reused while it holds the bank's configs and is newer than the
-    checkpoint."""
+    checkpoint (the truth is the bank's as it is now: seeds added since are averaged in)."""
+    from nas.fidelity import bank_truth
     from supernet.checkpoint import CHECKPOINT
     from search_spaces.io import atomic_path
     from supernet_fidelity import score
@@ -82,7 +83,7 @@ def bank_scores(run: Path, bank: pd.DataFrame) -> pd.DataFrame:
     if cached.exists() and cached.stat().st_mtime >= (run / CHECKPOINT).stat().st_mtime:
         frame = pd.read_csv(cached)
         if set(frame["key"]) == set(bank["key"]):
-            return frame
+            return bank_truth(bank).merge(frame[["key", "supernet_top1"]], on="key")
     frame = score(run, bank)
     with atomic_path(cached) as tmp:
         frame.to_csv(tmp, index=False)
