@@ -32,23 +32,7 @@ def with_intervals(x: Sequence[float], y: Sequence[float], resamples: int = 2000
     """:func:`rank_correlations` plus ``STAT_low`` / ``STAT_high``: the percentile bootstrap interval
     of each statistic over ``resamples`` resamplings of the pairs (seeded)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    result = rank_correlations(x, y)
-    rng = np.random.default_rng(seed)
-    draws = {name: [] for name in STATISTICS}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for _ in range(resamples):
-            pick = rng.integers(0, x.size, x.size)
-            if np.ptp(x[pick]) == 0 or np.ptp(y[pick]) == 0:
-                continue  # no ranking to judge in this resample
-            stats = rank_correlations(x[pick], y[pick])
-            for name in STATISTICS:
-                draws[name].append(stats[name])
-    tail = (1 - level) / 2 * 100
-    for name in STATISTICS:
-        values = np.asarray(draws[name], float)
-        low, high = np.nanpercentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-        result[f"{name}_low"], result[f"{name}_high"] = float(low), float(high)
-    return result
+    return _bootstrap((x, y), lambda pick: rank_correlations(x[pick], y[pick]), resamples, seed, level)
 
 
 def paired_difference(truth: Sequence[float], before: Sequence[float], after: Sequence[float],
@@ -66,14 +50,22 @@ def paired_difference(truth: Sequence[float], before: Sequence[float], after: Se
         a, b = rank_correlations(before[pick], truth[pick]), rank_correlations(after[pick], truth[pick])
         return {name: b[name] - a[name] for name in STATISTICS}
 
-    result = difference(np.arange(truth.size))
+    return _bootstrap((truth, before, after), difference, resamples, seed, level)
+
+
+def _bootstrap(series: tuple, statistic, resamples: int, seed: int, level: float) -> dict:
+    """``statistic`` (index array -> ``{STAT: value}``) on every config, plus the percentile bootstrap
+    interval of each of ``STATISTICS`` over ``resamples`` seeded resamplings of the configs; a
+    resample in which any of ``series`` is constant has no ranking to judge and is skipped."""
+    size = series[0].size
+    result = dict(statistic(np.arange(size)))
     rng = np.random.default_rng(seed)
     draws = []
     with np.errstate(invalid="ignore", divide="ignore"):
         for _ in range(resamples):
-            pick = rng.integers(0, truth.size, truth.size)
-            if min(np.ptp(truth[pick]), np.ptp(before[pick]), np.ptp(after[pick])) > 0:
-                draws.append(difference(pick))
+            pick = rng.integers(0, size, size)
+            if min(np.ptp(values[pick]) for values in series) > 0:
+                draws.append(statistic(pick))
     tail = (1 - level) / 2 * 100
     for name in STATISTICS:
         values = np.asarray([draw[name] for draw in draws], float)
