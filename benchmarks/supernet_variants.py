@@ -105,18 +105,20 @@ def judge(run: Path, space: str, bank: pd.DataFrame, resamples: int, baseline: O
     row = {f"{name}_test_top1": round(evaluate_config(run, config, test).top1, 2)
            for name, config in (("largest", space.largest()), ("smallest", space.smallest()))}
     for part in ("all", "top_third"):
-        for stat, column in (("r2", "r2"), ("kendall_tau", "kendall")):
-            for end in ("", "_low", "_high"):
-                row[f"{part}_{column}{end}"] = round(stats[part][stat + end], 3)
+        row.update(_columns(part, stats[part]))
     if baseline is not None:
         paired = frame.merge(baseline[["key", "supernet_top1"]], on="key", suffixes=("", "_baseline"))
         diff = paired_difference(paired["test_top1"], paired["supernet_top1_baseline"], paired["supernet_top1"],
                                  resamples)
-        for stat, column in (("r2", "r2"), ("kendall_tau", "kendall")):
-            for end in ("", "_low", "_high"):
-                row[f"delta_{column}{end}"] = round(diff[stat + end], 3)
+        row.update(_columns("delta", diff))
     row["configs"] = len(frame)
     return row
+
+
+def _columns(prefix: str, stats: dict) -> dict:
+    """``PREFIX_r2``, ``PREFIX_kendall`` and their ``_low`` / ``_high`` from ``nas.fidelity``'s statistics."""
+    return {f"{prefix}_{column}{end}": round(stats[stat + end], 3)
+            for stat, column in (("r2", "r2"), ("kendall_tau", "kendall")) for end in ("", "_low", "_high")}
 
 
 def main() -> None:
