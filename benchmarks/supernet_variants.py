@@ -3,7 +3,8 @@
 Each variant is the recipe the truth bank was trained with (``experiments/results/truth_bank.recipe.yaml``:
 the `fashion-mnist-tiny` recipe as it was shipped before this study) with a few settings changed
 (``VARIANTS``; ``baseline`` changes nothing, ``seed-1`` only the seed: the noise floor of one
-training), trained once (one process, the machine's threads; a finished run in ``--work`` is reused and an
+training; ``clip-1-seed-1`` repeats ``clip-1`` with that seed; ``channels-last`` changes the tensor layout
+only: its time is what it measures), trained once (one process, the machine's threads; a finished run in ``--work`` is reused and an
 interrupted one resumed), then judged the same way:
 
 * the largest and smallest subnets' top-1 on the test split (BatchNorm recalibrated), and the
@@ -49,7 +50,9 @@ VARIANTS = {
     "layer-scale-0.1": {"layer_scale_init": 0.1},
     "size-strata": {"middle_sampling": "size-strata"},
     "clip-1": {"clip_grad": 1.0},
+    "clip-1-seed-1": {"clip_grad": 1.0, "seed": 1},
     "no-clip": {"clip_grad": None},
+    "channels-last": {"channels_last": True},
 }
 
 

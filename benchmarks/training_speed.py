@@ -1,20 +1,22 @@
 """Sandwich training throughput on this CPU: what more steps in the same 10 minutes could come from.
 
 One sandwich step (largest, smallest, 2 random configs drawn afresh each step; in-place
-distillation; one AdamW step) of the tiny space's supernet on random 28 px images, in images per
-second, for:
+distillation; one AdamW step) of the tiny space's supernet on random images at its resolution
+(64 px), in images per second, for:
 
-* ``default``: the supernet as the recipe trains it (contiguous NCHW tensors);
+* ``default``: contiguous NCHW tensors (the recipe's layout before ``channels_last``);
 * ``channels_last``: model and images in channels-last memory format;
 * ``compile``: ``torch.compile`` of the supernet (default mode; the configs change every step,
-  so this measures recompilation too, as training would);
+  so this measures recompilation too, as training would: the warm-up's seconds are printed as they
+  finish, and on this machine the compiled supernet's 5 warm-up steps took longer than 14 minutes,
+  against 1-2 s a step eager; see RESULTS-supernet.md; opt in with ``--setups``);
 * ``batch-64`` / ``batch-256``: other batch sizes (images per second; the recipe's learning rate
   scales with the batch, so this is speed only).
 
 Setups are measured interleaved, ``--repeats`` rounds of ``--steps`` steps each after a warm-up
 round; medians per setup and ratios to ``default`` are printed.
 
-    python benchmarks/training_speed.py [--threads 2] [--repeats 5] [--steps 5] [--setups default channels_last]
+    python benchmarks/training_speed.py [--threads 2] [--repeats 5] [--steps 5] [--setups default compile]
 """
 from __future__ import annotations
 
@@ -66,13 +68,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
+    parser.add_argument("--setups", nargs="+", default=[s for s in SETUPS if s != "compile"], choices=SETUPS,
+                        help="default: all but compile (opt in: its warm-up alone outlasts the recipe's budget)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setups = {name: make_setup(name, args.space, args.batch) for name in args.setups}
-    for step, _ in setups.values():  # warm-up (and compilation)
+    for name, (step, _) in setups.items():  # warm-up (and compilation: each new config's shapes compile anew)
+        started = time.perf_counter()
         for _ in range(args.steps):
             step()
+        print(f"  {name}: warm-up of {args.steps} steps took {time.perf_counter() - started:.1f} s", flush=True)
     rates = {name: [] for name in setups}
     for repeat in range(args.repeats):
         for name in (args.setups if repeat % 2 == 0 else args.setups[::-1]):

@@ -141,16 +141,16 @@ class Quickstart:
 
     def train_supernet(self) -> None:
         from supernet.checkpoint import CHECKPOINT, load_checkpoint
-        from supernet.recipe import Recipe
+        from supernet.recipe import LAYOUT_ONLY, Recipe
         from supernet.train import train_supernet
 
         started = self._stage("1/7 supernet")
         command = nas_command("train-supernet", "--recipe", self.settings.recipe, "--out", self.supernet_dir)
         checkpoint = self.supernet_dir / CHECKPOINT
         stored = load_checkpoint(checkpoint) if checkpoint.exists() else {}
-        trained, wanted = (Recipe.from_dict(stored["recipe"]).to_dict() if stored else {}), self.recipe.to_dict()
-        if stored and trained != wanted:  # (from_dict: settings added since the run take their defaults)
-            changed = sorted(k for k in wanted if trained.get(k) != wanted[k])
+        trained = Recipe.from_dict(stored["recipe"]).to_dict() if stored else {}
+        changed = sorted(k for k, v in self.recipe.to_dict().items() if trained.get(k) != v and k not in LAYOUT_ONLY)
+        if stored and changed:  # (from_dict: settings added since the run take their defaults)
             raise InvalidInputError(f"{self.supernet_dir} holds a supernet of another recipe than "
                                     f"{self.settings.recipe!r} (they differ in {', '.join(changed)}); choose another "
                                     "--out, or delete that folder to train it again")

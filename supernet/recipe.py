@@ -26,6 +26,9 @@ MIDDLE_SAMPLINGS = ("uniform", "size-strata")  # how the sandwich's num_random s
 # settings that only a supernet's sandwich reads: a network trained alone is the same whatever they are, so
 # scratch_yaml() (what from-scratch results are keyed by) leaves them out
 SANDWICH_ONLY = ("inplace_loss", "drop_path_scope", "middle_sampling")
+# how a run executes, not what it learns (tensor layout changes float rounding only): left out of the
+# from-scratch digest and of nas quickstart's check that a stored supernet is of the recipe asked for
+LAYOUT_ONLY = ("channels_last",)
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # package data: shipped in the wheel
 
 
@@ -83,6 +86,7 @@ class Recipe:
     seed: int = 0
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     threads: Optional[int] = None  # torch CPU threads per process (None: torch's default)
+    channels_last: bool = False  # train in channels-last memory format (measured on CPU only: RESULTS-supernet)
 
     def __post_init__(self) -> None:
         get_space(self.space)
@@ -148,8 +152,8 @@ class Recipe:
 
     def scratch_yaml(self) -> str:
         """The settings a network trained alone depends on, as YAML: the recipe without ``SANDWICH_ONLY``
-        (from-scratch results and the truth bank are keyed by its digest)."""
-        return dump_yaml({k: v for k, v in self.to_dict().items() if k not in SANDWICH_ONLY})
+        and ``LAYOUT_ONLY`` (from-scratch results and the truth bank are keyed by its digest)."""
+        return dump_yaml({k: v for k, v in self.to_dict().items() if k not in SANDWICH_ONLY + LAYOUT_ONLY})
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":

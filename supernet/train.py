@@ -412,7 +412,8 @@ class TrainingLoop:
                                                   pin_memory=runtime.device.type == "cuda",
                                                   persistent_workers=recipe.num_workers > 0)
         self.num_classes = self.splits.num_classes
-        self.module = task.build(self.num_classes).to(runtime.device)
+        self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        self.module = task.build(self.num_classes).to(runtime.device, memory_format=self.memory_format)
         self.model: nn.Module = self.module
         if runtime.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -478,7 +479,8 @@ class TrainingLoop:
         sums: dict[str, float] = {}
         epoch_started = time.perf_counter()
         for images, labels, indices in self.loader:
-            images, labels = images.to(runtime.device, non_blocking=True), labels.to(runtime.device)
+            images = images.to(runtime.device, non_blocking=True, memory_format=self.memory_format)
+            labels = labels.to(runtime.device)
             images, targets = self._targets(images, labels)
             self.optimizer.zero_grad(set_to_none=True)
             losses = self.task.step(self.model, images, targets, self.autocast)

@@ -114,4 +114,6 @@ def test_sandwich_settings_are_checked_and_leave_from_scratch_results_alone():
             recipe.replace(**{name: "nonsense"})
     changed = recipe.replace(inplace_loss="alpha-divergence", drop_path_scope="largest", middle_sampling="size-strata")
     assert changed.scratch_yaml() == recipe.scratch_yaml() and changed.to_yaml() != recipe.to_yaml()
+    flipped = recipe.replace(channels_last=not recipe.channels_last)  # a layout: from-scratch results stand
+    assert flipped.scratch_yaml() == recipe.scratch_yaml() and flipped.to_yaml() != recipe.to_yaml()
     assert Recipe.from_dict(changed.to_dict()) == changed
