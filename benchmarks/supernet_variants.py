@@ -3,9 +3,9 @@
 Each variant is the recipe the truth bank was trained with (``experiments/results/truth_bank.recipe.yaml``:
 the `fashion-mnist-tiny` recipe as it was shipped before this study) with a few settings changed
 (``VARIANTS``; ``baseline`` changes nothing, ``seed-1`` only the seed: the noise floor of one
-training; ``clip-1-seed-1`` repeats ``clip-1`` with that seed; ``channels-last`` changes the tensor layout
-only: its time is what it measures), trained once (one process, the machine's threads; a finished run in ``--work`` is reused and an
-interrupted one resumed), then judged the same way:
+training; ``clip-1-seed-1`` repeats ``clip-1`` with that seed; ``channels-last`` changes the tensor
+layout only: its time is what it measures), trained once (one process, the machine's threads; a
+finished run in ``--work`` is reused and an interrupted one resumed), then judged the same way:
 
 * the largest and smallest subnets' top-1 on the test split (BatchNorm recalibrated), and the
   training's seconds with their ratio to the baseline's (the recipe's budget is one epoch; the
