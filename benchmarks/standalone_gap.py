@@ -9,12 +9,12 @@ count, and prints its training seconds and test top-1 beside the supernet varian
 ``benchmarks/results/supernet-variants.csv``: the baseline and its second seed) and the bank's
 one-epoch run of the same config. A finished run in ``--work`` is reused, an interrupted one resumed.
 
-    python benchmarks/standalone_gap.py [--epochs 2] [--work runs/standalone]
+    python benchmarks/standalone_gap.py [--epochs 2] [--work runs/standalone]   # runs: WORK/largest-Nep-DIGEST
 """
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import sys
 from pathlib import Path
 
@@ -42,6 +42,7 @@ def main() -> None:
     from supernet.evaluate import evaluate
     from supernet.recipe import load_recipe
     from supernet.retrain import load_network, train_network
+    from supernet.train import logged_train_seconds
 
     recipe = load_recipe(args.recipe)
     config = get_space(recipe.space).largest()
@@ -52,16 +53,15 @@ def main() -> None:
         for row in alone.itertuples():
             print(f"  alone, 1 epoch (truth bank, seed {row.seed}): test top-1 {row.test_top1:.2f}% in "
                   f"{row.train_seconds:.0f} s")
+    protocol = hashlib.sha1(recipe.scratch_yaml().encode()).hexdigest()[:10]  # another recipe, another run
     for epochs in args.epochs:
-        run = args.work / f"largest-{epochs}ep"
+        run = args.work / f"largest-{epochs}ep-{protocol}"
         checkpoint = run / CHECKPOINT
         if not (checkpoint.exists() and load_checkpoint(checkpoint, "network").get("finished", False)):
             train_network(config, recipe, run, resume=checkpoint.exists(), epochs=epochs, progress=False)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        seconds = sum(row.get("train_seconds", 0.0) for row in rows)
         model, _ = load_network(run, config)
         top1 = evaluate(model, Splits(recipe, config.resolution).eval_loader("test")).top1
-        print(f"  alone, {epochs} epochs: test top-1 {top1:.2f}% in {seconds:.0f} s")
+        print(f"  alone, {epochs} epochs: test top-1 {top1:.2f}% in {logged_train_seconds(run):.0f} s")
     if args.variants.exists():
         variants = pd.read_csv(args.variants).set_index("variant")
         for name in ("baseline", "seed-1"):

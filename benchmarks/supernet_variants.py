@@ -60,17 +60,14 @@ def train(name: str, recipe, work: Path) -> tuple[Path, float]:
     """The variant's run folder (trained, or resumed to the end) and its training seconds: those of its
     log's epochs (an epoch resumed after an interruption counts from the resume only: rerun a variant
     from an empty folder for its full time)."""
-    import json
-
     from supernet.checkpoint import CHECKPOINT, load_checkpoint
-    from supernet.train import train_supernet
+    from supernet.train import logged_train_seconds, train_supernet
 
     out = work / name
     checkpoint = out / CHECKPOINT
     if not (checkpoint.exists() and load_checkpoint(checkpoint).get("finished")):
         train_supernet(recipe, out, resume=checkpoint.exists(), progress=False)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return out, float(sum(row.get("train_seconds", 0.0) for row in rows))
+    return out, logged_train_seconds(out)
 
 
 def bank_scores(run: Path, bank: pd.DataFrame) -> pd.DataFrame:

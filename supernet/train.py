@@ -225,16 +225,28 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
-    """Drop the log lines of work done after the checkpoint (it will be done again)."""
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a log (none if it does not exist)."""
+    rows = []
     if path.exists():
-        rows = []
         for line in path.read_text().splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                pass  # a line torn by a kill
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+                pass  # a line torn by a kill (or a blank one)
+    return rows
+
+
+def _truncate_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Drop the log lines of work done after the checkpoint (it will be done again)."""
+    if path.exists():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in _read_jsonl(path) if keep(r)))
+
+
+def logged_train_seconds(run: Path) -> float:
+    """Seconds of training in run folder ``run``: its epochs' ``train_seconds`` in ``metrics.jsonl``, summed
+    (an epoch resumed after an interruption counts from the resume only)."""
+    return float(sum(row.get("train_seconds", 0.0) for row in _read_jsonl(run / "metrics.jsonl")))
 
 
 # -- the training loop ---------------------------------------------------------------------------

@@ -212,6 +212,7 @@ class Reproduction:
         """``val_top1`` / ``test_top1`` (%) of ``config`` trained from scratch (cached) and its training time."""
         from supernet.checkpoint import CHECKPOINT, load_checkpoint
         from supernet.retrain import train_network
+        from supernet.train import logged_train_seconds
 
         recipe = self.scratch_recipe(seed)
         if recipe.space != config.space:  # e.g. the -nobias variant of the recipe's space
@@ -233,7 +234,7 @@ class Reproduction:
             self.scratch_seconds += trained.seconds
             self.scratch_runs += 1
         result = {"key": config.key, "seed": recipe.seed, **self._evaluate_run(run, recipe, config),
-                  "train_seconds": round(_train_seconds(run), 1)}
+                  "train_seconds": round(logged_train_seconds(run), 1)}
         atomic_write_text(result_file, json.dumps(result, indent=1) + "\n")
         self.echo(f"  val {result['val_top1']:.2f}%, test {result['test_top1']:.2f}% "
                   f"({result['train_seconds']:.0f} s of training)")
@@ -334,16 +335,6 @@ def _update_index(out: Path, name: str, row: dict) -> Path:
     readme = out / "README.md"
     atomic_write_text(readme, INDEX_HEADER + "\n".join(lines) + "\n")
     return readme
-
-
-def _train_seconds(run: Path) -> float:
-    log = run / "metrics.jsonl"
-    seconds = 0.0
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line)
-            seconds = max(seconds, float(row.get("train_seconds", 0.0)))
-    return seconds
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
