@@ -7,10 +7,10 @@ Prints the figures of issue 4's targets (not a test)::
     PYTHONPATH=. python benchmarks/lut_benchmark.py --space efficientformerv2-tiny --backend torch-cpu --build-only
 
 Steps: a fresh table (the build is timed), then ``validate_table`` (fit on
-``--fit-samples`` stratified networks, report on ``--samples`` held out), then a noise
-floor: the held-out networks measured a second time, interleaved, and compared with the
-first measurement (no prediction can agree with a measurement better than two
-measurements agree with each other). The load average is printed: the machine is shared.
+``--fit-samples`` stratified networks, report on ``--samples`` held out, with the networks'
+own noise), then a second noise floor: the held-out networks measured a second time and
+compared with the first measurement (no prediction can agree with a measurement better than
+two measurements agree with each other). The load average is printed: the machine is shared.
 """
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--backend", default="torch-cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per block (build)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved passes per chunk of blocks (build)")
+    parser.add_argument("--rounds", type=int, default=Protocol().rounds, help="interleaved passes (build)")
     parser.add_argument("--network-runs", type=int, default=100)
-    parser.add_argument("--network-rounds", type=int, default=10)
+    parser.add_argument("--network-rounds", type=int, default=Protocol().rounds)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--fit-samples", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -65,15 +65,17 @@ def main() -> None:
 
     backend = Backend(args.backend, args.threads)
     started = time.perf_counter()
-    table = build_table(args.space, backend, table_path, Protocol(runs=args.runs, warmup=10, rounds=args.rounds),
+    table = build_table(args.space, backend, table_path, Protocol(runs=args.runs, rounds=args.rounds),
                         progress=False)
     build_s = time.perf_counter() - started
+    drift = table.frame["slowdown"]
     print(f"build: {len(table.frame)} blocks (reference included), {args.runs} runs in {args.rounds} passes, "
+          f"chunks at slowdowns {drift.min():.3f}-{drift.max():.3f} (divided out), "
           f"{build_s:.1f} s ({build_s / 60:.2f} min); mobilenetv2_100 {table.reference_latency_ms:.3f} ms; {load()}")
     if args.build_only:
         return
 
-    protocol = Protocol(runs=args.network_runs, warmup=3, rounds=args.network_rounds)
+    protocol = Protocol(runs=args.network_runs, rounds=args.network_rounds)
     started = time.perf_counter()
     report = validate_table(LatencyTable.load(table_path), samples=args.samples, seed=args.seed,
                             fit_samples=args.fit_samples, protocol=protocol, progress=False)
@@ -87,12 +89,15 @@ def main() -> None:
         print(f"  {label}  within ±10%: {accuracy.within_10_pct:5.1f}%  within ±5%: {accuracy.within_5_pct:5.1f}%  "
               f"Kendall tau: {accuracy.kendall_tau:.3f}  Pearson r: {accuracy.pearson_r:.4f}  "
               f"MAPE: {accuracy.mape_pct:.2f}%")
+    print(f"  held-out networks: {report.noise.describe()}")
+    for warning in report.noise.warnings():
+        print(f"  warning: {warning}")
     if args.no_retest:
         return
 
     holdout = report.frame[report.frame["split"] == "holdout"]
     configs = [SubnetConfig.from_key(table.space, key) for key in holdout["key"]]
-    again = np.array([t.median_ms for t in measure_networks(configs, backend, protocol, progress=False)])
+    again = measure_networks(configs, backend, protocol, LatencyTable.load(table_path), progress=False).networks_ms
     first = holdout["measured_ms"].to_numpy()
     # the second measurement may run under another load: compare after removing the common factor
     scale = np.median(again / first)

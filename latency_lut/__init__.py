@@ -20,12 +20,14 @@ from typing import Any
 # name -> submodule; imported on first use (PEP 562) so that reading a table does not load
 # torch and timm, and the command line answers bad input quickly
 _EXPORTS = {
-    "build_part_module": "blocks", "part_input_shape": "blocks", "space_parts": "blocks",
+    "anchor_parts": "blocks", "build_part_module": "blocks", "part_input_shape": "blocks", "space_parts": "blocks",
     "build_table": "build", "missing_parts": "build",
     "export_coreml": "coreml", "import_measurements": "coreml",
-    "BACKENDS": "profiling", "Backend": "profiling", "Protocol": "profiling", "Timing": "profiling",
+    "BACKENDS": "profiling", "Backend": "profiling", "Measurement": "profiling", "Protocol": "profiling",
+    "Timing": "profiling",
     "SCHEMA_VERSION": "table", "Calibration": "table", "LatencyTable": "table",
-    "Accuracy": "validation", "ValidationReport": "validation", "accuracy": "validation",
+    "Accuracy": "validation", "Noise": "validation", "TooNoisyError": "validation", "ValidationReport": "validation",
+    "accuracy": "validation",
     "fit_calibration": "validation", "kendall_tau": "validation", "stratified_configs": "validation",
     "validate_and_calibrate": "validation", "validate_table": "validation", "write_report": "validation",
 }

@@ -17,7 +17,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from search_spaces import InvalidInputError, Part, SearchSpace, get_space
+from search_spaces import InvalidInputError, Part, SearchSpace, get_space, part_costs
 
 from search_spaces.model import attention, downsample_attention  # the project's first timm import
 
@@ -56,6 +56,19 @@ def space_parts(space: Union[str, SearchSpace]) -> list[Part]:
     parts += [Part("head", width, width, space.stage_resolution(last), num_classes=space.num_classes,
                    distillation=True) for width in stages[last].widths]
     return parts
+
+
+#: where the anchor blocks sit in a space's blocks ordered by MACs
+ANCHOR_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+
+def anchor_parts(space: Union[str, SearchSpace]) -> list[Part]:
+    """The space's anchor blocks: four blocks of small to large MACs, measured beside every chunk of a
+    build and beside the networks of a validation, so that a table holds one speed of the machine
+    (``latency_lut.build``)."""
+    parts = sorted(space_parts(space), key=lambda part: (part_costs(part).macs, part.key))
+    picked = [parts[round(q * (len(parts) - 1))] for q in ANCHOR_QUANTILES]
+    return list(dict.fromkeys(picked))
 
 
 class MhsaResidual(nn.Module):

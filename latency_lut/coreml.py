@@ -237,7 +237,7 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
         identity = reference_row(space.resolution) if entry.kind == REFERENCE_KIND else part_row(parts[key])
         rows.append(identity | {
             "latency_ms": float(result["latency_median"]), "p10_ms": float(result["latency_p10"]),
-            "p90_ms": float(result["latency_p90"]), "runs": int(runs), "backend": "coreml",
+            "p90_ms": float(result["latency_p90"]), "runs": int(runs), "slowdown": 1.0, "backend": "coreml",
             "device": f"{result['device']}; {result['os']}; compute units {result['compute_units']}"
                       + (f"; placement {result['placement']}" if _given(result.get("placement")) else ""),
             "threads": 0, "versions": f"coremltools {result['coremltools']}"
@@ -267,11 +267,15 @@ def import_measurements(manifest: Union[str, Path], measurements: Union[str, Pat
 
 def leave_one_out(raw: Sequence[float], blocks: Sequence[int], measured: Sequence[float]) -> Accuracy:
     """The calibration's error on networks it was not fitted on: each network predicted by a fit on
-    all the others."""
+    all the others, of the same form as the fit on all (with the per-block term where that has it,
+    though one network fewer may fall short of the term's minimum)."""
+    full = fit_calibration(raw, measured, blocks)
+    block_term_from = len(raw) - 1 if full.per_block != 0 else len(raw) + 1
     predicted = []
     for i in range(len(raw)):
         rest = [j for j in range(len(raw)) if j != i]
-        calibration = fit_calibration([raw[j] for j in rest], [measured[j] for j in rest], [blocks[j] for j in rest])
+        calibration = fit_calibration([raw[j] for j in rest], [measured[j] for j in rest], [blocks[j] for j in rest],
+                                      block_term_from=block_term_from)
         predicted.append(calibration.apply(raw[i], blocks[i]))
     return accuracy(predicted, measured)
 

@@ -1,11 +1,22 @@
 """The profiling protocol and the measuring backends.
 
-Protocol (docs/architecture.md §7, on the host): batch 1, a fixed input shape, a fixed thread
-count, untimed warm-up calls, then timed calls, each timed alone, interleaved over a
-set of modules in several passes (:class:`Protocol`); the table keeps the median and the
-10th / 90th percentiles. A backend turns a module into a
-zero-argument callable that runs one inference to completion (synchronised on CUDA),
-so one timing loop serves every backend.
+Protocol (docs/architecture.md, "Measuring on a busy machine"), on the host: batch 1, a fixed input
+shape and thread count. Every module of a set is timed in each of ``rounds`` interleaved passes
+(a new random order each pass): ``warmup`` untimed calls, then ``runs / rounds`` timed calls of
+which the pass keeps the **fastest** (a call that another process interrupted is only ever
+slower). A shared machine also has slow *stretches* that last whole passes and slow every module
+(by 1.1-1.9x here); a **median polish** of the (modules x passes) table of pass minima, on a log
+scale, finds each pass's slowdown against the fastest pass from all the modules at once. Passes
+slower than ``tolerance`` are *disturbed* and left out. A module's latency is the
+:data:`QUANTILE`-th percentile of its quiet passes' minima, each divided by its pass's slowdown (a
+low percentile: what a short disturbance of one module leaves is only ever slower); its spread is
+the 10th-90th percentile over those passes, and its own noise how far the same percentile of two
+halves of them (even and odd passes) differ. More passes are measured (up to ``max_rounds``) while
+fewer than half are quiet or the modules' halves differ by more than ``tolerance`` (the 90th
+percentile over modules). ``benchmarks/RESULTS-lut.md`` says what each of these changed.
+
+A backend turns a module into a zero-argument callable that runs one inference to completion
+(synchronised on CUDA), so one timing loop serves every backend.
 
 Backends: ``torch-cpu`` (default), ``onnxruntime`` (CPU; the module exported to ONNX
 and run by an ONNX Runtime session), ``torch-cuda``. Core ML is measured on a Mac
@@ -16,10 +27,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import math
 import platform
+import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -32,20 +45,29 @@ from search_spaces.runtime import check_configured
 BACKENDS = ("torch-cpu", "onnxruntime", "torch-cuda")
 #: the ONNX opset of exported blocks (Attention2d's bilinear upsample needs >= 11)
 ONNX_OPSET = 17
+#: fewest modules in one measurement for the median polish to tell a slow pass from a slow module
+MIN_POLISH_MODULES = 3
+#: fewest quiet passes for a module's own noise (two halves of at least two passes)
+MIN_NOISE_PASSES = 4
+#: the percentile over quiet passes that is a module's latency
+QUANTILE = 25
 
 Runner = Callable[[], None]
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How to time a set of modules: ``rounds`` interleaved passes over all of them; in each pass
-    every module gets ``warmup`` untimed calls (caches re-warmed after the others ran) and its
-    share of the ``runs`` timed calls. Interleaving spreads every module's samples over the
-    same stretch of time, so a burst of load on a shared machine biases none of them alone."""
+    """How to time a set of modules together (the module docstring): ``runs`` timed calls per
+    module spread over ``rounds`` interleaved passes, ``warmup`` untimed calls per module and pass
+    (caches re-warmed after the others ran); passes more than ``tolerance`` slower than the fastest
+    are left out, and passes are added while fewer than half are quiet or the modules' noise
+    exceeds ``tolerance``, up to ``max_rounds`` (default: 3 x ``rounds``)."""
 
     runs: int = 100
-    warmup: int = 10
-    rounds: int = 5
+    warmup: int = 2
+    rounds: int = 20
+    tolerance: float = 0.05
+    max_rounds: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 3:
@@ -54,31 +76,119 @@ class Protocol:
             raise InvalidInputError(f"warmup = {self.warmup!r}; expected a non-negative integer")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
             raise InvalidInputError(f"rounds = {self.rounds!r}; expected a positive number of passes")
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
+                or not 0 < self.tolerance < 1:
+            raise InvalidInputError(f"tolerance = {self.tolerance!r}; expected a fraction between 0 and 1 "
+                                    "(0.05: a pass 5% slower than the fastest is disturbed)")
+        if self.max_rounds is not None and (isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int)
+                                            or self.max_rounds < self.rounds):
+            raise InvalidInputError(f"max_rounds = {self.max_rounds!r}; expected an integer of at least rounds "
+                                    f"({self.rounds})")
 
     @property
     def passes(self) -> int:
         """``rounds``, at most one pass per timed run."""
         return min(self.rounds, self.runs)
 
-    def runs_in_round(self, round_index: int) -> int:
-        """Timed calls of pass ``round_index``: ``runs`` split as evenly as possible."""
-        return self.runs // self.passes + (round_index < self.runs % self.passes)
+    @property
+    def calls(self) -> int:
+        """Timed calls per module and pass."""
+        return self.runs // self.passes
+
+    @property
+    def max_passes(self) -> int:
+        """Passes at most (``max_rounds``, scaled down where ``runs`` allows fewer passes than ``rounds``)."""
+        limit = 3 * self.rounds if self.max_rounds is None else self.max_rounds
+        return max(self.passes, limit * self.passes // self.rounds)
+
+    def describe(self) -> str:
+        return (f"{self.passes} passes of {self.calls} timed call(s) (fastest kept) after {self.warmup} warm-up, "
+                f"passes over {self.tolerance:.0%} slower left out, at most {self.max_passes} passes")
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Latency statistics of one measured module, in milliseconds."""
+    """Latency of one measured module, in milliseconds (``median_ms``, kept as the table's column
+    name: the :data:`QUANTILE`-th percentile over quiet passes of the pass's fastest call, corrected
+    for the pass's slowdown); the 10th / 90th percentiles over those passes; the timed calls they
+    hold; ``noise_pct``, how far two halves of the passes differ (NaN with fewer than
+    :data:`MIN_NOISE_PASSES` quiet passes)."""
 
     median_ms: float
     p10_ms: float
     p90_ms: float
     runs: int
+    noise_pct: float = float("nan")
 
-    @classmethod
-    def from_samples(cls, samples_ms: np.ndarray) -> "Timing":
-        samples_ms = np.asarray(samples_ms, dtype=float)
-        p10, median, p90 = np.percentile(samples_ms, [10, 50, 90])
-        return cls(float(median), float(p10), float(p90), int(samples_ms.size))
+
+@dataclass(frozen=True)
+class Measurement:
+    """A set of modules timed together: one :class:`Timing` each, and what the passes saw."""
+
+    timings: list[Timing]
+    minima_ms: np.ndarray = field(repr=False)  # (modules, passes): each pass's fastest call, in time order
+    slowdown: np.ndarray = field(repr=False)  # (passes,): each pass against the fastest pass (>= 1)
+    quiet: np.ndarray = field(repr=False)  # (passes,): not disturbed
+    settled: bool = True  # at least half the passes quiet (else max_rounds ran out first)
+
+    @property
+    def passes(self) -> int:
+        return int(self.quiet.size)
+
+    @property
+    def disturbed(self) -> int:
+        return int(self.passes - self.quiet.sum())
+
+    def noise_p90_pct(self) -> float:
+        """The 90th percentile over modules of their own noise (NaN where not measured)."""
+        values = np.array([t.noise_pct for t in self.timings])
+        return float(np.percentile(values, 90)) if values.size and np.isfinite(values).all() else float("nan")
+
+    def summary(self) -> str:
+        worst = float(self.slowdown.max()) if self.slowdown.size else 1.0
+        return (f"{self.passes} passes, {self.disturbed} disturbed (slowest {worst:.2f}x the fastest) and left out")
+
+
+def polish_slowdown(minima_ms: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Each pass's slowdown against the fastest pass (>= 1), by a median polish of
+    ``log(minima) = level[module] + slow[pass]``: a slow pass slows all its modules, so the median
+    over modules of their excess tells it from a module that is just slow. With fewer than
+    :data:`MIN_POLISH_MODULES` modules the passes cannot be told apart: all ones."""
+    minima_ms = np.asarray(minima_ms, float)
+    modules, passes = minima_ms.shape
+    if modules < MIN_POLISH_MODULES or passes < 2:
+        return np.ones(passes)
+    logs = np.log(np.maximum(minima_ms, 1e-12))
+    slow = np.zeros(passes)
+    for _ in range(iterations):
+        level = np.median(logs - slow, axis=1)
+        updated = np.median(logs - level[:, None], axis=0)
+        if np.allclose(updated, slow, atol=1e-6):
+            break
+        slow = updated
+    return np.exp(slow - slow.min())
+
+
+def estimate(minima_ms: np.ndarray, calls: int, tolerance: float) -> Measurement:
+    """The latencies of a (modules x passes) table of pass minima (see :func:`polish_slowdown`)."""
+    minima_ms = np.asarray(minima_ms, float)
+    slowdown = polish_slowdown(minima_ms)
+    quiet = slowdown <= 1 + tolerance
+    corrected = (minima_ms / slowdown)[:, quiet]
+    timings = []
+    for row in corrected:
+        p10, latency, p90 = np.percentile(row, [10, QUANTILE, 90])
+        timings.append(Timing(float(latency), float(p10), float(p90), int(row.size * calls), split_half_noise(row)))
+    return Measurement(timings, minima_ms, slowdown, quiet)
+
+
+def split_half_noise(values: np.ndarray) -> float:
+    """Percent difference of the :data:`QUANTILE`-th percentiles of the even and the odd passes
+    (NaN with too few)."""
+    if values.size < MIN_NOISE_PASSES:
+        return float("nan")
+    first, second = np.percentile(values[0::2], QUANTILE), np.percentile(values[1::2], QUANTILE)
+    return float(100 * abs(first / second - 1))
 
 
 def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_counter_ns) -> np.ndarray:
@@ -91,18 +201,29 @@ def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_cou
     return samples
 
 
-def measure_interleaved(runners: Sequence[Runner], protocol: Protocol,
-                        on_pass: Optional[Callable[[], None]] = None) -> list[Timing]:
-    """Time every runner by ``protocol`` (interleaved passes); one Timing per runner.
-    ``on_pass`` is called after each pass (progress bars)."""
-    samples: list[list[np.ndarray]] = [[] for _ in runners]
-    for round_index in range(protocol.passes):
-        for index, run in enumerate(runners):
-            time_calls(run, protocol.warmup)
-            samples[index].append(time_calls(run, protocol.runs_in_round(round_index)))
+def measure_interleaved(runners: Sequence[Runner], protocol: Protocol, on_pass: Optional[Callable[[], None]] = None,
+                        clock: Callable[[], int] = time.perf_counter_ns, seed: int = 0) -> Measurement:
+    """Time every runner by ``protocol`` (the module docstring). ``on_pass`` is called after each
+    pass (progress bars)."""
+    order = list(range(len(runners)))
+    rng = random.Random(seed)
+    passes: list[np.ndarray] = []
+    needed = math.ceil(protocol.passes / 2)
+    while True:
+        rng.shuffle(order)
+        minima = np.empty(len(runners))
+        for index in order:
+            time_calls(runners[index], protocol.warmup, clock)
+            minima[index] = time_calls(runners[index], protocol.calls, clock).min()
+        passes.append(minima)
         if on_pass is not None:
             on_pass()
-    return [Timing.from_samples(np.concatenate(pieces)) for pieces in samples]
+        if len(passes) >= protocol.passes:
+            measurement = estimate(np.column_stack(passes), protocol.calls, protocol.tolerance)
+            settled = measurement.quiet.sum() >= needed
+            steady = not measurement.noise_p90_pct() > 100 * protocol.tolerance  # NaN: too few passes to tell
+            if (settled and steady) or len(passes) >= protocol.max_passes:
+                return replace(measurement, settled=bool(settled))
 
 
 @contextlib.contextmanager
@@ -162,11 +283,11 @@ class Backend:
         return lambda: session.run(None, feed)
 
     def measure(self, modules: Sequence[tuple[nn.Module, tuple[int, ...]]], protocol: Protocol,
-                on_pass: Optional[Callable[[], None]] = None) -> list[Timing]:
-        """Time (module, input shape) pairs together, interleaved by ``protocol``."""
+                on_pass: Optional[Callable[[], None]] = None, seed: int = 0) -> Measurement:
+        """Time (module, input shape) pairs together by ``protocol`` (``seed``: the passes' orders)."""
         with self.session():
             runners = [self.runner(module, shape) for module, shape in modules]
-            return measure_interleaved(runners, protocol, on_pass)
+            return measure_interleaved(runners, protocol, on_pass, seed=seed)
 
     def context(self) -> dict[str, object]:
         """What a measurement depends on, stored with every row of the table."""

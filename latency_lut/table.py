@@ -11,9 +11,14 @@ column                    meaning
 ``in_channels`` ...       the Part's fields: in/out channels, resolution, expansion, stride,
                           key_dim / num_heads / attn_ratio (0 without attention), num_classes,
                           distillation
-``latency_ms``            median of the timed runs
-``p10_ms``, ``p90_ms``    10th and 90th percentiles
-``runs``                  number of timed runs
+``latency_ms``            the measured latency: on the host, the median over quiet passes of each
+                          pass's fastest call, corrected for the pass's slowdown and for the
+                          chunk's (``latency_lut.profiling``); on Core ML, the median call
+``p10_ms``, ``p90_ms``    10th and 90th percentiles (host: over the quiet passes; Core ML: calls)
+``runs``                  number of timed runs the latency rests on
+``slowdown``              how much slower the machine ran while the block's chunk was measured than
+                          during the table's first chunk (its anchor blocks' median ratio), already
+                          divided out of the latencies (1 on Core ML)
 ``backend`` ``device``    the measurement context (stored per row: a resumed build may run on
 ``threads`` ``versions``  another day)
 ``measured_at``
@@ -22,7 +27,8 @@ column                    meaning
 Table-level metadata, a JSON object under the key ``latency_lut``: ``schema_version``,
 ``space``, ``backend``, ``threads`` and ``calibration`` (``a``, ``per_block``, ``b`` of
 ``measured = a * sum_of_blocks + per_block * blocks + b``, the number of networks it was fitted
-on and when; ``null`` before ``nas lut validate``; tables without ``per_block`` read it as 0). It lives **in the file**: in the Parquet schema's
+on and when, and ``reference_ms``, the reference network measured beside those networks;
+``null`` before ``nas lut validate``). It lives **in the file**: in the Parquet schema's
 key-value metadata, or as the first line ``# latency_lut {...}`` of a CSV; so the
 calibration travels with the table.
 """
@@ -39,7 +45,9 @@ import pandas as pd
 from search_spaces import InvalidInputError, Part, SubnetConfig, get_space, network_parts
 from search_spaces.io import atomic_path
 
-SCHEMA_VERSION = 1
+#: 2 (2026-12): the host's measuring protocol of issue 25 (pass minima, drift removed) and ``slowdown``;
+#: tables of version 1 held medians of calls that a busy machine biased, and are refused
+SCHEMA_VERSION = 2
 METADATA_KEY = "latency_lut"
 CSV_METADATA_PREFIX = f"# {METADATA_KEY} "
 REFERENCE_KIND = "reference"
@@ -47,12 +55,12 @@ REFERENCE_MODEL = "mobilenetv2_100"
 
 PART_COLUMNS = ("key", "kind", "in_channels", "out_channels", "resolution", "expansion", "stride", "key_dim",
                 "num_heads", "attn_ratio", "num_classes", "distillation")
-TIMING_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "runs")
+TIMING_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "runs", "slowdown")
 CONTEXT_COLUMNS = ("backend", "device", "threads", "versions", "measured_at")
 COLUMNS = PART_COLUMNS + TIMING_COLUMNS + CONTEXT_COLUMNS
 _INT_COLUMNS = ("in_channels", "out_channels", "resolution", "expansion", "stride", "key_dim", "num_heads",
                 "attn_ratio", "num_classes", "runs", "threads")
-_FLOAT_COLUMNS = ("latency_ms", "p10_ms", "p90_ms")
+_FLOAT_COLUMNS = ("latency_ms", "p10_ms", "p90_ms", "slowdown")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,8 @@ class Calibration:
     networks: int
     fitted_at: str = ""
     per_block: float = 0.0
+    #: the reference network measured beside the fitted networks, in the table's speed (0: not measured)
+    reference_ms: float = 0.0
 
     def apply(self, raw_sum_ms: float, blocks: int = 0) -> float:
         return self.a * raw_sum_ms + self.per_block * blocks + self.b
@@ -169,7 +179,17 @@ class LatencyTable:
 
     @property
     def reference_latency_ms(self) -> float:
-        """Latency of timm's ``mobilenetv2_100`` on the same backend: MES's latency unit off Core ML."""
+        """Latency of timm's ``mobilenetv2_100`` on the same backend: MES's latency unit off Core ML. Measured
+        like the networks the calibrated predictions stand for: beside them, by ``nas lut validate``
+        (the calibration's ``reference_ms``); before a validation, its row (:attr:`reference_row_ms`)."""
+        if self.calibration is not None and self.calibration.reference_ms > 0:
+            return self.calibration.reference_ms
+        return self.reference_row_ms
+
+    @property
+    def reference_row_ms(self) -> float:
+        """The reference network's row: measured beside the blocks (several percent off its latency
+        beside whole networks on a CPU: benchmarks/RESULTS-lut.md)."""
         rows = self.frame[self.frame["kind"] == REFERENCE_KIND]
         if rows.empty:
             raise InvalidInputError(f"the latency table {self._where()}holds no {REFERENCE_MODEL} latency "
@@ -241,6 +261,11 @@ class LatencyTable:
             raise InvalidInputError(f"{str(path)!r} is not a latency table: no '{METADATA_KEY}' metadata; "
                                     "expected a file written by nas build-lut or nas lut import")
         version = metadata.get("schema_version")
+        if version == 1:
+            raise InvalidInputError(f"latency table {str(path)!r} was measured with an earlier protocol (schema "
+                                    "version 1: the median of calls timed chunk by chunk, which a busy machine "
+                                    f"biases); this version reads schema {SCHEMA_VERSION}: rebuild it with nas "
+                                    "build-lut into a new --out (Core ML: nas lut import again)")
         if version != SCHEMA_VERSION:
             raise InvalidInputError(f"latency table {str(path)!r} has schema version {version!r}; this version "
                                     f"reads schema {SCHEMA_VERSION} (rebuild it with nas build-lut)")
@@ -285,21 +310,25 @@ class LatencyTable:
 
 
 def _calibration(data: Any, where: str) -> Optional[Calibration]:
-    """The calibration of a table's metadata, checked: a, b, networks (and per_block, when it was fitted)."""
+    """The calibration of a table's metadata, checked: a, b, networks (and per_block, reference_ms where given)."""
     if data is None:
         return None
-    fields = ("a", "b", "networks", "fitted_at", "per_block")
+    fields = ("a", "b", "networks", "fitted_at", "per_block", "reference_ms")
     if not isinstance(data, dict) or not set(fields[:3]) <= set(data) or not set(data) <= set(fields):
         raise InvalidInputError(f"{where}: calibration {data!r}; expected a mapping of {', '.join(fields)} "
                                 "(written by nas lut validate)")
     a, b, networks, per_block = data["a"], data["b"], data["networks"], data.get("per_block", 0.0)
+    reference = data.get("reference_ms", 0.0)
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  for v in (a, b, per_block))
-    if not numbers or a <= 0 or isinstance(networks, bool) or not isinstance(networks, int) or networks < 1:
+                  for v in (a, b, per_block, reference))
+    if not numbers or a <= 0 or reference < 0 or isinstance(networks, bool) or not isinstance(networks, int) \
+            or networks < 1:
         raise InvalidInputError(f"{where}: calibration a={a!r}, per_block={per_block!r}, b={b!r}, "
-                                f"networks={networks!r}; expected a positive slope a, a finite per-block term and "
-                                "offset b and a positive number of networks")
-    return Calibration(float(a), float(b), networks, str(data.get("fitted_at", "")), float(per_block))
+                                f"networks={networks!r}, reference_ms={reference!r}; expected a positive slope a, a "
+                                "finite per-block term and offset b, a positive number of networks and a reference "
+                                "latency of 0 or more")
+    return Calibration(float(a), float(b), networks, str(data.get("fitted_at", "")), float(per_block),
+                       float(reference))
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:

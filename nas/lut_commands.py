@@ -24,11 +24,15 @@ def cmd_build_lut(args: argparse.Namespace) -> None:
 
     backend = Backend(args.backend, args.threads)
     started = time.perf_counter()
-    protocol = Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds)
+    protocol = _protocol(args)
     table = build_table(space, backend, args.out, protocol, progress=not args.quiet)
     print(f"{args.out}: {len(table.frame)} blocks of {space.name} on {backend.name} ({backend.threads} thread(s), "
-          f"{args.runs} runs in {protocol.passes} passes) in {time.perf_counter() - started:.1f} s")
-    print(f"mobilenetv2_100 (MES latency unit): {table.reference_latency_ms:.3f} ms")
+          f"{protocol.describe()}) in {time.perf_counter() - started:.1f} s")
+    slowdown = table.frame["slowdown"]
+    if slowdown.max() / slowdown.min() > 1.01:
+        print(f"the machine's speed drifted between chunks: slowdowns {slowdown.min():.2f}x-{slowdown.max():.2f}x of "
+              "the first chunk's, divided out (the slowdown column)")
+    print(f"mobilenetv2_100 (MES latency unit until nas lut validate): {table.reference_latency_ms:.3f} ms")
 
 
 def cmd_lut_show(args: argparse.Namespace) -> None:
@@ -63,13 +67,15 @@ def cmd_lut_validate(args: argparse.Namespace) -> None:
 
     path = Path(args.file)
     report, csv_path, png_path = validate_and_calibrate(
-        path, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples,
-        protocol=Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds), out_dir=args.out_dir,
-        progress=not args.quiet)
+        path, samples=args.samples, seed=args.seed, fit_samples=args.fit_samples, protocol=_protocol(args),
+        out_dir=args.out_dir, progress=not args.quiet)
     c = report.calibration
-    print(f"calibration: {c.formula()} (fitted on {c.networks} networks, stored in {path})")
-    print(f"held-out networks: {report.calibrated.networks} (seed {args.seed})")
+    print(f"calibration: {c.formula()} (fitted on {c.networks} networks, stored in {path}); MES latency unit "
+          f"mobilenetv2_100 {c.reference_ms:.3f} ms")
+    print(f"held-out networks: {report.calibrated.networks} (seed {args.seed}); {report.noise.describe()}")
     print(report.metrics().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for warning in report.noise.warnings():
+        print(f"warning: {warning}")
     print(f"wrote {csv_path} and {png_path}")
 
 
@@ -99,6 +105,27 @@ def cmd_lut_import(args: argparse.Namespace) -> None:
           if c else "calibration: none (export with --networks 8 or more to calibrate on whole networks)")
 
 
+def _protocol(args: argparse.Namespace):
+    from latency_lut import Protocol
+
+    return Protocol(runs=args.runs, warmup=args.warmup, rounds=args.rounds, tolerance=args.tolerance)
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """The measuring protocol's options (latency_lut.profiling), shared by build-lut and lut validate."""
+    defaults = {"runs": 100, "warmup": 2, "rounds": 20, "tolerance": 0.05}  # = latency_lut.Protocol()'s
+    parser.add_argument("--runs", type=_positive, default=defaults["runs"],
+                        help=f"timed runs per {what} (default {defaults['runs']})")
+    parser.add_argument("--warmup", type=int, default=defaults["warmup"],
+                        help=f"untimed runs per {what} and pass (default {defaults['warmup']})")
+    parser.add_argument("--rounds", type=_positive, default=defaults["rounds"],
+                        help=f"interleaved passes; up to 3x as many while the machine is busy (default "
+                             f"{defaults['rounds']})")
+    parser.add_argument("--tolerance", type=float, default=defaults["tolerance"],
+                        help="a pass this much slower than the fastest is left out and measured again (default "
+                             f"{defaults['tolerance']})")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -117,10 +144,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                    "torch-cpu; Core ML: nas lut export-coreml)")
     p.add_argument("--out", required=True, help="table file (.parquet or .csv); an existing one is resumed")
     p.add_argument("--threads", type=_positive, default=1, help="intra-op threads (default 1)")
-    p.add_argument("--runs", type=_positive, default=100, help="timed runs per block (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs per block and pass (default 10)")
-    p.add_argument("--rounds", type=_positive, default=5,
-                   help="interleaved passes over each chunk of blocks (default 5)")
+    _add_protocol_options(p, "block")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_build_lut)
 
@@ -135,9 +159,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=50, help="held-out random networks (default 50)")
     p.add_argument("--fit-samples", type=int, default=20, help="networks the calibration is fitted on (default 20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--runs", type=_positive, default=100, help="timed runs per network (default 100)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs per network and pass (default 3)")
-    p.add_argument("--rounds", type=_positive, default=10, help="interleaved passes over the networks (default 10)")
+    _add_protocol_options(p, "network")
     p.add_argument("--out-dir", help="where the CSV and PNG go (default: beside the table)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_lut_validate)

@@ -183,7 +183,9 @@ class Quickstart:
                 progress=self.settings.progress)
             c = report.calibrated
             self.echo(f"calibrated prediction on {c.networks} held-out networks: {c.within_10_pct:.0f}% within "
-                      f"±10%, Kendall tau {c.kendall_tau:.3f}, MAPE {c.mape_pct:.1f}%")
+                      f"±10%, Kendall tau {c.kendall_tau:.3f}, MAPE {c.mape_pct:.1f}%; {report.noise.describe()}")
+            for warning in report.noise.warnings():
+                self.echo(f"warning: {warning}")
         self.log.add("latency table", command, time.perf_counter() - started, reused)
 
     def _job(self):

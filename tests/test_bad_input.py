@@ -261,6 +261,12 @@ CASES: dict[str, Callable[[World], tuple[list, str]]] = {
                                                                                            "networks": 2}})],
                                           "a=-1"),
     "table-threads": lambda w: (["lut", "show", w.table(metadata={"threads": "two"})], "threads 'two'"),
+    # a table of the earlier measuring protocol (schema 1): refused wherever it is used, with what to do
+    "table-old-protocol": lambda w: (w.search("--params", "1M", lut=w.table(metadata={"schema_version": 1})),
+                                     "measured with an earlier protocol"),
+    "table-zero-slowdown": lambda w: (["lut", "show", w.table(_set("slowdown", 0.0))], "slowdown 0.0"),
+    "table-calibration-reference": lambda w: (["lut", "show", w.table(metadata={"calibration": {
+        "a": 1, "b": 0, "networks": 3, "reference_ms": -1}})], "reference_ms=-1"),
     "table-suffix": lambda w: (["lut", "show", w.file("table.txt", "x")], "expected a .parquet"),
     "table-png": lambda w: (["lut", "show", w.file("table.parquet", PNG)], "table.parquet"),
     "table-missing": lambda w: (["lut", "show", w.dir / "none.parquet"], "does not exist"),

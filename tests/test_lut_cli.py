@@ -32,9 +32,9 @@ def test_build_lut_then_show(built, nas_cli):
     out, result = built
     assert result.returncode == 0, result.stderr
     assert f"{len(space_parts(SPACE)) + 1} blocks of {SPACE} on torch-cpu" in result.stdout
-    assert "mobilenetv2_100 (MES latency unit)" in result.stdout
+    assert "mobilenetv2_100 (MES latency unit until nas lut validate)" in result.stdout
     table = LatencyTable.load(out)
-    assert len(table.frame) == len(space_parts(SPACE)) + 1 and (table.frame["runs"] == 5).all()
+    assert len(table.frame) == len(space_parts(SPACE)) + 1 and (table.frame["runs"] >= 1).all()
     shown = nas_cli("lut", "show", out)
     assert shown.returncode == 0, shown.stderr
     assert f"space        {SPACE}" in shown.stdout and "calibration  none" in shown.stdout
@@ -48,6 +48,7 @@ def test_validate_stores_the_calibration(built, nas_cli, tmp_path):
                      "--warmup", "1", "--rounds", "2", "--out-dir", tmp_path, "--quiet")
     assert result.returncode == 0, result.stderr
     assert "held-out networks: 4" in result.stdout and "calibrated" in result.stdout
+    assert "passes disturbed and left out" in result.stdout and "MES latency unit mobilenetv2_100" in result.stdout
     report = pd.read_csv(tmp_path / "tiny-validation.csv")
     assert sorted(report["split"]) == ["fit"] * 3 + ["holdout"] * 4
     assert (tmp_path / "tiny-validation.png").stat().st_size > 1000
