@@ -27,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from latency_lut import Backend, LatencyTable, Protocol, build_table, validate_table, write_report  # noqa: E402
+from latency_lut import (Backend, LatencyTable, Protocol, build_table, space_parts, validate_table,  # noqa: E402
+                         write_report)
 from latency_lut.profiling import cpu_name  # noqa: E402
 from latency_lut.validation import measure_networks  # noqa: E402
 from search_spaces import SubnetConfig  # noqa: E402
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--no-retest", action="store_true", help="skip the noise floor")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "lut")
+    parser.add_argument("--competitor", action="store_true",
+                        help="a second process doing 1-thread matrix products (benchmarks/lut_stress.py) runs "
+                             "through the build's second half and the whole validation")
     args = parser.parse_args()
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,15 +68,38 @@ def main() -> None:
     print(f"# {args.space} on {args.backend}, {args.threads} thread(s); {load()}")
 
     backend = Backend(args.backend, args.threads)
+    competitor = None
+    if args.competitor:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from lut_stress import Competitor
+
+        competitor = Competitor()
+        name += "-competitor"
+        table_path = args.out_dir / f"{name}.parquet"
+        table_path.unlink(missing_ok=True)
+        chunks = []  # the competitor runs from the build's second half on (by measured chunks)
+        total = len(space_parts(args.space)) + 1
+
+        def on_measured(key, timing):
+            chunks.append(key)
+            if len(chunks) == total // 2:
+                competitor.run()
     started = time.perf_counter()
-    table = build_table(args.space, backend, table_path, Protocol(runs=args.runs, rounds=args.rounds),
-                        progress=False)
+    try:
+        table = build_table(args.space, backend, table_path, Protocol(runs=args.runs, rounds=args.rounds),
+                            progress=False, on_measured=on_measured if competitor else None)
+    except BaseException:
+        if competitor:
+            competitor.close()
+        raise
     build_s = time.perf_counter() - started
     drift = table.frame["slowdown"]
     print(f"build: {len(table.frame)} blocks (reference included), {args.runs} runs in {args.rounds} passes, "
           f"chunks at slowdowns {drift.min():.3f}-{drift.max():.3f} (divided out), "
           f"{build_s:.1f} s ({build_s / 60:.2f} min); mobilenetv2_100 {table.reference_latency_ms:.3f} ms; {load()}")
     if args.build_only:
+        if competitor:
+            competitor.close()
         return
 
     protocol = Protocol(runs=args.network_runs, rounds=args.network_rounds)
@@ -80,6 +107,8 @@ def main() -> None:
     report = validate_table(LatencyTable.load(table_path), samples=args.samples, seed=args.seed,
                             fit_samples=args.fit_samples, protocol=protocol, progress=False)
     validate_s = time.perf_counter() - started
+    if competitor:
+        competitor.close()
     table.with_calibration(report.calibration).save(table_path)
     write_report(report, args.out_dir / f"{name}-validation.csv", args.out_dir / f"{name}-validation.png")
     c = report.calibration
