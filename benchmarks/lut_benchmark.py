@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{args.space.replace('@', '_')}-{args.backend}-t{args.threads}"
+    name = f"{args.space.replace('@', '_')}-{args.backend}-t{args.threads}" + ("-competitor" if args.competitor else "")
     table_path = args.out_dir / f"{name}.parquet"
     table_path.unlink(missing_ok=True)  # a fresh build is what is timed
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {cpu_name()}, {os.cpu_count()} cores, "
@@ -74,9 +74,6 @@ def main() -> None:
         from lut_stress import Competitor
 
         competitor = Competitor()
-        name += "-competitor"
-        table_path = args.out_dir / f"{name}.parquet"
-        table_path.unlink(missing_ok=True)
         chunks = []  # the competitor runs from the build's second half on (by measured chunks)
         total = len(space_parts(args.space)) + 1
 

@@ -32,6 +32,7 @@ on the 20 held out, networks read by the same estimator):
 
     python benchmarks/lut_protocol_ablation.py --repeats 3 [--competitor torch] \\
         --csv benchmarks/results/lut-protocol-ablation.csv
+    python benchmarks/lut_protocol_ablation.py --summarize benchmarks/results/lut-protocol-ablation.csv
 
 Not a test: it asserts nothing.
 """
@@ -208,14 +209,29 @@ def one_repeat(args, repeat: int, competitor) -> list[dict]:
     return rows
 
 
+def summary(frame):
+    """Per variant over the repeats: the worst and median held-out figures."""
+    return frame.groupby("variant", sort=False).agg(
+        within_10_min=("within_10_pct", "min"), within_10_median=("within_10_pct", "median"),
+        tau_min=("kendall_tau", "min"), tau_median=("kendall_tau", "median"), mape_median=("mape_pct", "median"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--competitor", default="none", choices=["none", "torch"])
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--summarize", type=Path, help="print the variants of this CSV's repeats, and stop")
     args = parser.parse_args()
 
     import pandas as pd
+
+    if args.summarize:
+        frame = pd.read_csv(args.summarize)
+        for competitor, rows in frame.groupby("competitor", sort=False):
+            print(f"competitor {competitor}: {rows['repeat'].nunique()} repeats")
+            print(summary(rows).to_string(float_format=lambda v: f"{v:.3f}"))
+        return
 
     from lut_stress import Competitor
 
@@ -233,10 +249,7 @@ def main() -> None:
         if competitor is not None:
             competitor.close()
     frame = pd.DataFrame(rows)
-    summary = frame.groupby("variant", sort=False).agg(
-        within_10_min=("within_10_pct", "min"), within_10_median=("within_10_pct", "median"),
-        tau_min=("kendall_tau", "min"), tau_median=("kendall_tau", "median"), mape_median=("mape_pct", "median"))
-    print(summary.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(summary(frame).to_string(float_format=lambda v: f"{v:.3f}"))
     if args.csv:
         frame.insert(0, "date", datetime.datetime.now().isoformat(timespec="seconds"))
         frame.insert(1, "commit", commit.strip())

@@ -15,6 +15,8 @@ first), so the window is the half of the build in which the blocks are timed. ``
 validation`` lets it also run through the whole validation (a harder case than the issue's).
 
     python benchmarks/lut_stress.py --repeats 3 --label after --csv benchmarks/results/lut-stress.csv
+    python benchmarks/lut_stress.py --idle 0 --during validation --label after --csv benchmarks/results/lut-stress.csv
+    python benchmarks/lut_stress.py --summarize benchmarks/results/lut-stress.csv     # the table of RESULTS-lut.md
 
 (The figures of benchmarks/RESULTS-lut.md, issue 25.) Not a test: it asserts nothing.
 """
@@ -102,6 +104,20 @@ def one_run(args, folder: Path, competitor: Competitor | None, window_s: float) 
     return row
 
 
+def summarize(frame) -> None:
+    """Per label (code version) and case: runs, the worst and median held-out figures, the seconds."""
+    during = frame["during"].fillna("build").map({"build": "the build's second half",
+                                                  "validation": "the build and the validation"})
+    frame = frame.assign(case=frame["competitor"].where(frame["competitor"] == "none", "competitor in " + during))
+    table = frame.groupby(["label", "case"], sort=False).agg(
+        runs=("within_10_pct", "size"), within_10_worst=("within_10_pct", "min"),
+        within_10_each=("within_10_pct", lambda v: " ".join(f"{x:.0f}" for x in v)),
+        tau_worst=("kendall_tau", "min"), tau_each=("kendall_tau", lambda v: " ".join(f"{x:.3f}" for x in v)),
+        mape_median=("mape_pct", "median"), build_s=("build_s", "median"), validate_s=("validate_s", "median"),
+        reference_ms=("reference_ms", lambda v: f"{v.min():.3f}-{v.max():.3f}"))
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="efficientformerv2-tiny", help="the quickstart's space")
@@ -116,9 +132,14 @@ def main() -> None:
                         help="the competitor's time: the build's second half, or that and the whole validation")
     parser.add_argument("--label", default="", help="a name for this code version in the CSV")
     parser.add_argument("--csv", type=Path, help="append one row per run here")
+    parser.add_argument("--summarize", type=Path, help="print the runs of this CSV by label and case, and stop")
     args = parser.parse_args()
 
     import pandas as pd
+
+    if args.summarize:
+        summarize(pd.read_csv(args.summarize))
+        return
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')} {args.space} on {args.backend}, "

@@ -188,8 +188,8 @@ class LatencyTable:
 
     @property
     def reference_row_ms(self) -> float:
-        """The reference network's row: measured beside the blocks (several percent off its latency
-        beside whole networks on a CPU: benchmarks/RESULTS-lut.md)."""
+        """The reference network's row: measured beside the blocks (a few percent off its latency beside
+        whole networks on a CPU, caches differing: benchmarks/RESULTS-lut.md)."""
         rows = self.frame[self.frame["kind"] == REFERENCE_KIND]
         if rows.empty:
             raise InvalidInputError(f"the latency table {self._where()}holds no {REFERENCE_MODEL} latency "

@@ -37,7 +37,7 @@ from latency_lut.table import Calibration, LatencyTable
 OVERSAMPLE = 20
 #: the band a prediction is judged by (within ±10%): networks measured worse than it are refused
 TARGET_ERROR_PCT = 10.0
-#: held-out networks' noise (90th percentile) above this, or the reference this far off its row: a warning
+#: held-out networks' noise (90th percentile) above this: a warning
 WARN_NOISE_PCT = 5.0
 #: the machine this many times slower or faster than during the build: a warning
 WARN_SPEED = 1.25
@@ -82,8 +82,8 @@ class Noise:
         else:
             noise = (f"their own measurements repeat within ±{self.median_pct:.1f}% (median; 90th percentile "
                      f"±{self.p90_pct:.1f}%, two halves of the passes)")
-        return (f"{noise}; {self.disturbed} of {self.passes} passes disturbed and left out; the machine ran "
-                f"{self.speed:.2f}x as slow as during the build (divided out); reference network "
+        return (f"{noise}; {self.disturbed} of {self.passes} passes disturbed and left out; the anchor blocks ran "
+                f"at {self.speed:.2f}x their table latencies (divided out); reference network "
                 f"{self.reference_ms:.3f} ms beside the networks ({self.reference_error_pct:+.1f}% against its row)")
 
     def warnings(self) -> list[str]:
@@ -100,8 +100,9 @@ class Noise:
                          f"the machine slows blocks unevenly now, or did while the table was built; if the held-out "
                          f"figures are poor, rebuild the table (nas build-lut into a new --out) when it is quiet")
         if not 1 / WARN_SPEED <= self.speed <= WARN_SPEED:
-            found.append(f"the machine runs {self.speed:.2f}x as slow as when the table was built; the "
-                         f"measurements were divided by it, but if this lasts, rebuild the table")
+            found.append(f"the anchor blocks ran at {self.speed:.2f}x their table latencies: the machine's speed "
+                         f"changed since the table was built; the measurements were divided by it, but if this lasts, "
+                         f"rebuild the table")
         return found
 
 

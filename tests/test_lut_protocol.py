@@ -225,7 +225,7 @@ def test_validation_reports_its_own_noise_and_the_machines_speed(simulated_table
     # the reference network, measured beside the networks, is MES's unit
     assert report.calibration.reference_ms == pytest.approx(noise.reference_ms)
     assert noise.reference_ms == pytest.approx(simulated_table.reference_row_ms, rel=0.01)
-    assert any("1.30x as slow as when the table was built" in w for w in noise.warnings())
+    assert any("anchor blocks ran at 1.30x their table latencies" in w for w in noise.warnings())
     calm = _validate(monkeypatch, simulated_table, SimulatedMachine())
     assert calm.noise.warnings() == [] and calm.noise.speed == pytest.approx(1.0)
 
