@@ -102,28 +102,30 @@ def chain_module(part):
     return nn.Sequential(*[build_part_module(part) for _ in range(CHAIN)]).eval()
 
 
-def shipped(calls: np.ndarray, tolerance: float = 0.05, adaptive: bool = True, first: int = 20,
-            reduce=np.min, quantile: float = 25, polish: bool = True):
-    """The shipped estimator on a recording of (modules, passes, calls); ``adaptive`` replays the
-    loop's stopping rule (passes 20..60)."""
-    from latency_lut.profiling import estimate, polish_slowdown
+def shipped(calls: np.ndarray, adaptive: bool = True, reduce=np.min, quantile: float = 25, polish: bool = True):
+    """The shipped estimator (``latency_lut.profiling``) on a recording of (modules, passes, calls), and the
+    Measurement it ends with; ``adaptive`` replays the loop's stopping rule (``quiet_enough``, ``steady``)
+    from ``Protocol().rounds`` passes to all the recorded ones."""
+    from latency_lut import Protocol
+    from dataclasses import replace
 
+    from latency_lut.profiling import estimate, polish_slowdown, quiet_enough, steady
+
+    protocol = Protocol()
     minima = reduce(calls, axis=2)
-    for passes in range(first, minima.shape[1] + 1):
+    for passes in range(protocol.passes, minima.shape[1] + 1):
         window = minima[:, :passes]
         if not polish:
-            return np.percentile(window, quantile, axis=1), passes
-        m = estimate(window, calls.shape[2], tolerance)
+            return np.percentile(window, quantile, axis=1), None
+        m = estimate(window, calls.shape[2], protocol.tolerance)
         if quantile != 25:
             slowdown = polish_slowdown(window)
-            quiet = slowdown <= 1 + tolerance
-            values = np.percentile((window / slowdown)[:, quiet], quantile, axis=1)
+            values = np.percentile((window / slowdown)[:, m.quiet], quantile, axis=1)
         else:
             values = np.array([t.median_ms for t in m.timings])
-        steady = not m.noise_p90_pct() > 100 * tolerance
-        if not adaptive or (m.quiet.sum() >= first / 2 and steady):
-            return values, passes
-    return values, minima.shape[1]
+        if not adaptive or (quiet_enough(m, protocol) and steady(m, protocol)):
+            break
+    return values, replace(m, settled=quiet_enough(m, protocol))
 
 
 def judge(table: dict, networks: np.ndarray, configs_parts: list, fit, holdout):
@@ -138,6 +140,7 @@ def judge(table: dict, networks: np.ndarray, configs_parts: list, fit, holdout):
 
 def one_repeat(args, repeat: int, competitor) -> list[dict]:
     from latency_lut import Backend, anchor_parts, space_parts, stratified_configs
+    from latency_lut.validation import TARGET_ERROR_PCT, WARN_NOISE_PCT
     from latency_lut.blocks import build_part_module, part_input_shape
     from latency_lut.profiling import reference_model
     from latency_lut.validation import split_fit_holdout
@@ -174,6 +177,12 @@ def one_repeat(args, repeat: int, competitor) -> list[dict]:
         new_networks = record_interleaved(networks + [reference] + extra, 60, 2, 5, seed=repeat)
         seconds = time.perf_counter() - started
     keys = [p.key for p in parts]
+    if args.save:
+        args.save.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.save / f"recording-{'torch' if competitor else 'none'}-{repeat}.npz",
+                            old_blocks=np.array(old_blocks), new_blocks=new_blocks, new_chains=new_chains,
+                            old_networks=np.array(old_networks), new_networks=new_networks, keys=np.array(keys),
+                            configs=np.array([c.key for c in configs]))
     config_parts = [[p.key for p in network_parts(c)] for c in configs]
     n = len(parts)
 
@@ -190,8 +199,13 @@ def one_repeat(args, repeat: int, competitor) -> list[dict]:
     fixed = dict(adaptive=False, quantile=50)
     variants["+polish"] = (table_of(shipped(new_blocks, **fixed)[0]), shipped(new_networks, **fixed)[0][:30])
     variants["+p25"] = (table_of(shipped(new_blocks, adaptive=False)[0]), shipped(new_networks, adaptive=False)[0][:30])
-    block_values, block_passes = shipped(new_blocks)
-    network_values, network_passes = shipped(new_networks)
+    block_values, block_measurement = shipped(new_blocks)
+    network_values, network_measurement = shipped(new_networks)
+    # what the validation would have said of these networks (nas lut validate's warnings and refusal)
+    held_noise = np.array([network_measurement.timings[i].noise_pct for i in holdout])
+    noise_p90 = float(np.percentile(held_noise, 90))
+    verdict = ("refused" if noise_p90 > TARGET_ERROR_PCT else
+               "warned" if noise_p90 > WARN_NOISE_PCT or not network_measurement.settled else "")
     variants["+added-passes"] = (table_of(block_values), network_values[:30])
     mean = dict(reduce=np.mean)
     variants["+groups-of-5"] = (table_of(shipped(new_blocks, **mean)[0]), shipped(new_networks, **mean)[0][:30])
@@ -204,7 +218,9 @@ def one_repeat(args, repeat: int, competitor) -> list[dict]:
         rows.append({"repeat": repeat, "competitor": "torch" if competitor else "none", "variant": name,
                      "within_10_pct": a.within_10_pct, "kendall_tau": round(a.kendall_tau, 4),
                      "mape_pct": round(a.mape_pct, 3),
-                     "passes": {"+added-passes": f"{block_passes}/{network_passes}"}.get(name, ""),
+                     "passes": {"+added-passes": f"{block_measurement.passes}/{network_measurement.passes}"}.get(name, ""),
+                     "validation": {"+added-passes": verdict or "ok"}.get(name, ""),
+                     "noise_p90_pct": {"+added-passes": round(noise_p90, 2)}.get(name, ""),
                      "recording_s": round(seconds, 1)})
     return rows
 
@@ -222,6 +238,7 @@ def main() -> None:
     parser.add_argument("--competitor", default="none", choices=["none", "torch"])
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--summarize", type=Path, help="print the variants of this CSV's repeats, and stop")
+    parser.add_argument("--save", type=Path, help="also write each repeat's recordings here (NPZ, milliseconds)")
     args = parser.parse_args()
 
     import pandas as pd

@@ -6,8 +6,9 @@ shape and thread count. Every module of a set is timed in each of ``rounds`` int
 which the pass keeps the **fastest** (a call that another process interrupted is only ever
 slower). A shared machine also has slow *stretches* that last whole passes and slow every module
 (by 1.1-1.9x here); a **median polish** of the (modules x passes) table of pass minima, on a log
-scale, finds each pass's slowdown against the fastest pass from all the modules at once. Passes
-slower than ``tolerance`` are *disturbed* and left out. A module's latency is the
+scale, finds each pass's slowdown from all the modules at once, against the pass at the
+:data:`QUANTILE`-th percentile (a quiet pass, but not a lucky outlier). Passes more than
+``tolerance`` slower are *disturbed* and left out. A module's latency is the
 :data:`QUANTILE`-th percentile of its quiet passes' minima, each divided by its pass's slowdown (a
 low percentile: what a short disturbance of one module leaves is only ever slower); its spread is
 the 10th-90th percentile over those passes, and its own noise how far the same percentile of two
@@ -59,8 +60,8 @@ Runner = Callable[[], None]
 class Protocol:
     """How to time a set of modules together (the module docstring): ``runs`` timed calls per
     module spread over ``rounds`` interleaved passes, ``warmup`` untimed calls per module and pass
-    (caches re-warmed after the others ran); passes more than ``tolerance`` slower than the fastest
-    are left out, and passes are added while fewer than half are quiet or the modules' noise
+    (caches re-warmed after the others ran); passes more than ``tolerance`` slower than a quiet pass
+    (:func:`polish_slowdown`) are left out, and passes are added while fewer than half are quiet or the modules' noise
     exceeds twice ``tolerance``, up to ``max_rounds`` (default: 3 x ``rounds``)."""
 
     runs: int = 100
@@ -79,7 +80,7 @@ class Protocol:
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) \
                 or not 0 < self.tolerance < 1:
             raise InvalidInputError(f"tolerance = {self.tolerance!r}; expected a fraction between 0 and 1 "
-                                    "(0.05: a pass 5% slower than the fastest is disturbed)")
+                                    "(0.05: a pass 5% slower than a quiet one is disturbed)")
         if self.max_rounds is not None and (isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int)
                                             or self.max_rounds < self.rounds):
             raise InvalidInputError(f"max_rounds = {self.max_rounds!r}; expected an integer of at least rounds "
@@ -127,7 +128,7 @@ class Measurement:
 
     timings: list[Timing]
     minima_ms: np.ndarray = field(repr=False)  # (modules, passes): each pass's fastest call, in time order
-    slowdown: np.ndarray = field(repr=False)  # (passes,): each pass against the fastest pass (>= 1)
+    slowdown: np.ndarray = field(repr=False)  # (passes,): each pass against a quiet one (polish_slowdown)
     quiet: np.ndarray = field(repr=False)  # (passes,): not disturbed
     settled: bool = True  # at least half the passes quiet (else max_rounds ran out first)
 
@@ -146,10 +147,12 @@ class Measurement:
 
 
 def polish_slowdown(minima_ms: np.ndarray, iterations: int = 20) -> np.ndarray:
-    """Each pass's slowdown against the fastest pass (>= 1), by a median polish of
-    ``log(minima) = level[module] + slow[pass]``: a slow pass slows all its modules, so the median
-    over modules of their excess tells it from a module that is just slow. With fewer than
-    :data:`MIN_POLISH_MODULES` modules the passes cannot be told apart: all ones."""
+    """Each pass's slowdown by a median polish of ``log(minima) = level[module] + slow[pass]``: a slow
+    pass slows all its modules, so the median over modules of their excess tells it from a module
+    that is just slow. Against the pass at the :data:`QUANTILE`-th percentile (the lower one), not
+    the fastest: one pass that happened to run fast would make every other look disturbed (seen on
+    torch-cpu at 224 px: 58 of 60 passes). With fewer than :data:`MIN_POLISH_MODULES` modules the
+    passes cannot be told apart: all ones."""
     minima_ms = np.asarray(minima_ms, float)
     modules, passes = minima_ms.shape
     if modules < MIN_POLISH_MODULES or passes < 2:
@@ -162,7 +165,7 @@ def polish_slowdown(minima_ms: np.ndarray, iterations: int = 20) -> np.ndarray:
         if np.allclose(updated, slow, atol=1e-6):
             break
         slow = updated
-    return np.exp(slow - slow.min())
+    return np.exp(slow - np.percentile(slow, QUANTILE, method="lower"))
 
 
 def estimate(minima_ms: np.ndarray, calls: int, tolerance: float) -> Measurement:
@@ -197,6 +200,17 @@ def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_cou
     return samples
 
 
+def quiet_enough(measurement: Measurement, protocol: Protocol) -> bool:
+    """At least half of the protocol's passes quiet."""
+    return bool(measurement.quiet.sum() >= math.ceil(protocol.passes / 2))
+
+
+def steady(measurement: Measurement, protocol: Protocol) -> bool:
+    """The modules' two halves of passes agree within twice the tolerance (90th percentile over modules;
+    true where too few passes to tell)."""
+    return not measurement.noise_p90_pct() > 200 * protocol.tolerance
+
+
 def measure_interleaved(runners: Sequence[Runner], protocol: Protocol, on_pass: Optional[Callable[[], None]] = None,
                         clock: Callable[[], int] = time.perf_counter_ns, seed: int = 0) -> Measurement:
     """Time every runner by ``protocol`` (the module docstring). ``on_pass`` is called after each
@@ -204,7 +218,6 @@ def measure_interleaved(runners: Sequence[Runner], protocol: Protocol, on_pass: 
     order = list(range(len(runners)))
     rng = random.Random(seed)
     passes: list[np.ndarray] = []
-    needed = math.ceil(protocol.passes / 2)
     while True:
         rng.shuffle(order)
         minima = np.empty(len(runners))
@@ -216,10 +229,9 @@ def measure_interleaved(runners: Sequence[Runner], protocol: Protocol, on_pass: 
             on_pass()
         if len(passes) >= protocol.passes:
             measurement = estimate(np.column_stack(passes), protocol.calls, protocol.tolerance)
-            settled = measurement.quiet.sum() >= needed
-            steady = not measurement.noise_p90_pct() > 200 * protocol.tolerance  # NaN: too few passes to tell
-            if (settled and steady) or len(passes) >= protocol.max_passes:
-                return replace(measurement, settled=bool(settled))
+            settled = quiet_enough(measurement, protocol)
+            if (settled and steady(measurement, protocol)) or len(passes) >= protocol.max_passes:
+                return replace(measurement, settled=settled)
 
 
 @contextlib.contextmanager

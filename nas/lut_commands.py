@@ -122,7 +122,7 @@ def _add_protocol_options(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"interleaved passes; up to 3x as many while the machine is busy (default "
                              f"{defaults['rounds']})")
     parser.add_argument("--tolerance", type=float, default=defaults["tolerance"],
-                        help="a pass this much slower than the fastest is left out and measured again (default "
+                        help="a pass this much slower than a quiet one is left out and measured again (default "
                              f"{defaults['tolerance']})")
 
 

@@ -115,3 +115,13 @@ def test_export_coreml_of_a_whole_space(nas_cli, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
     assert {row["key"] for row in rows} == {p.key for p in space_parts(SPACE)} | {"mobilenetv2_100_r32"}
     assert all((tmp_path / row["file"]).is_dir() for row in rows)
+
+
+def test_protocol_options_default_to_the_librarys_protocol():
+    """The parser keeps its own copy of the defaults (it imports no torch): they must be the library's."""
+    from latency_lut import Protocol
+    from nas.cli import build_parser
+    from nas.lut_commands import _protocol
+
+    for words in (["build-lut", "--space", SPACE, "--out", "t.parquet"], ["lut", "validate", "t.parquet"]):
+        assert _protocol(build_parser().parse_args(words)) == Protocol()
