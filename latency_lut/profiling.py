@@ -13,7 +13,7 @@ scale, finds each pass's slowdown from all the modules at once, against the pass
 low percentile: what a short disturbance of one module leaves is only ever slower); its spread is
 the 10th-90th percentile over those passes, and its own noise how far the same percentile of two
 halves of them (even and odd passes) differ. More passes are measured (up to ``max_rounds``) while
-fewer than half are quiet or the modules' halves differ by more than twice ``tolerance`` (the 90th
+fewer than ``rounds`` / 2 are quiet or the modules' halves differ by more than twice ``tolerance`` (the 90th
 percentile over modules: the ±10% band a prediction is judged by, at the default). ``benchmarks/RESULTS-lut.md`` says what each of these changed.
 
 A backend turns a module into a zero-argument callable that runs one inference to completion
@@ -61,8 +61,9 @@ class Protocol:
     """How to time a set of modules together (the module docstring): ``runs`` timed calls per
     module spread over ``rounds`` interleaved passes, ``warmup`` untimed calls per module and pass
     (caches re-warmed after the others ran); passes more than ``tolerance`` slower than a quiet pass
-    (:func:`polish_slowdown`) are left out, and passes are added while fewer than half are quiet or the modules' noise
-    exceeds twice ``tolerance``, up to ``max_rounds`` (default: 3 x ``rounds``)."""
+    (:func:`polish_slowdown`) are left out, and passes are added while fewer than ``rounds`` / 2 are
+    quiet or the modules' noise exceeds twice ``tolerance``, up to ``max_rounds`` (default: 3 x
+    ``rounds``)."""
 
     runs: int = 100
     warmup: int = 2
@@ -130,7 +131,7 @@ class Measurement:
     minima_ms: np.ndarray = field(repr=False)  # (modules, passes): each pass's fastest call, in time order
     slowdown: np.ndarray = field(repr=False)  # (passes,): each pass against a quiet one (polish_slowdown)
     quiet: np.ndarray = field(repr=False)  # (passes,): not disturbed
-    settled: bool = True  # at least half the passes quiet (else max_rounds ran out first)
+    settled: bool = True  # at least rounds / 2 passes quiet (else max_rounds ran out first)
 
     @property
     def passes(self) -> int:
@@ -201,7 +202,7 @@ def time_calls(run: Runner, calls: int, clock: Callable[[], int] = time.perf_cou
 
 
 def quiet_enough(measurement: Measurement, protocol: Protocol) -> bool:
-    """At least half of the protocol's passes quiet."""
+    """At least half as many quiet passes as the protocol's ``rounds``."""
     return bool(measurement.quiet.sum() >= math.ceil(protocol.passes / 2))
 
 

@@ -90,8 +90,8 @@ class Noise:
         advice = "rerun nas lut validate when the machine is quieter (close other programs, or wait)"
         found = []
         if not self.settled:
-            found.append(f"fewer than half of the {self.passes} passes were quiet: the machine was busy for most of "
-                         f"the validation; {advice}")
+            found.append(f"{self.passes - self.disturbed} of {self.passes} passes were quiet, fewer than the protocol "
+                         f"asks for: the machine was busy for most of the validation; {advice}")
         if math.isfinite(self.p90_pct) and self.p90_pct > WARN_NOISE_PCT:
             found.append(f"some held-out networks measure ±{self.p90_pct:.1f}% apart in two halves of the passes: "
                          f"prediction errors below that cannot be told from noise; {advice}")
